@@ -1,0 +1,35 @@
+# sdcli: set-up, tests, demo, benchmarks and the built-in model.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch goes in first and on its own, so pip never resolves a multi-GB CUDA build here.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install test test-slow demo bench shapes-model clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+demo: install
+	$(BIN)/sdcli generate "a red circle on a white background" -n 4 --seed 42 --out-dir outputs/demo --overwrite
+
+bench: install
+	$(BIN)/python benchmarks/bench_loop.py
+
+shapes-model: install
+	$(BIN)/sdcli train-shapes --out src/sdcli/models/shapes --work-dir runs/shapes
+
+clean:
+	rm -rf $(VENV) outputs build src/*.egg-info

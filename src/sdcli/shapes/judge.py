@@ -1,0 +1,50 @@
+"""A pixel judge for the shapes world: which shape, colour and background an image shows.
+
+Background from the border, the shape's pixels by their distance from it, colour by the nearest palette entry,
+shape by how much of its bounding box it fills (square 1, circle pi/4, triangle 1/2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sdcli.shapes.world import BACKGROUNDS, COLOURS
+
+MIN_DISTANCE = 60.0  # RGB distance from the background beyond which a pixel belongs to the shape
+MIN_PIXELS = 30  # fewer shape pixels than this: no shape
+
+
+@dataclass(frozen=True)
+class Verdict:
+    shape: str | None
+    colour: str | None
+    background: str
+
+
+def _nearest(palette: dict[str, tuple[int, int, int]], rgb: np.ndarray) -> str:
+    names = list(palette)
+    distances = np.linalg.norm(np.array([palette[n] for n in names], dtype=np.float64) - rgb, axis=1)
+    return names[int(distances.argmin())]
+
+
+def judge(image: np.ndarray) -> Verdict:
+    """Judge one (H, W, 3) uint8 image."""
+    pixels = image.astype(np.float64)
+    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
+                             pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
+    background_rgb = np.median(border, axis=0)
+    background = _nearest(BACKGROUNDS, background_rgb)
+    mask = np.linalg.norm(pixels - background_rgb, axis=-1) > MIN_DISTANCE  # (H, W)
+    if mask.sum() < MIN_PIXELS:
+        return Verdict(shape=None, colour=None, background=background)
+    colour = _nearest(COLOURS, np.median(pixels[mask], axis=0))
+    ys, xs = np.nonzero(mask)
+    # robust bounding box: ignore the outermost 1% of stray pixels on each side
+    y0, y1 = np.percentile(ys, [1, 99])
+    x0, x1 = np.percentile(xs, [1, 99])
+    box = mask[int(y0) : int(y1) + 1, int(x0) : int(x1) + 1]
+    fill = box.mean()
+    shape = "triangle" if fill < 0.65 else "circle" if fill < 0.89 else "square"
+    return Verdict(shape=shape, colour=colour, background=background)

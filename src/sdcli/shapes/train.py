@@ -1,0 +1,267 @@
+"""Train the built-in shapes model from nothing: a KL autoencoder, then a text encoder and U-Net together.
+
+Stage 1 trains the VAE (Rombach et al. 2022) on rendered scenes: reconstruction plus a small KL term; its
+`scaling_factor` is measured so that the latents have unit variance. Stage 2 encodes a fixed set of scenes once,
+then trains the CLIP text encoder and the U-Net jointly on the DDPM epsilon objective (Ho et al. 2020, L_simple),
+weighted over timesteps by Min-SNR-gamma (Hang et al. 2023), with an EMA of the weights. Captions are drawn per
+step, 10% empty, so the same network is also the unconditional model of classifier-free guidance.
+
+Both stages write a checkpoint to the work folder every few hundred steps; a rerun continues from it. The result is
+saved in diffusers format and loads like any Stable Diffusion model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from sdcli.shapes.tokenizer import write_word_tokenizer
+from sdcli.shapes.world import WORDS, random_caption, random_scene, render
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    # VAE: 3 blocks, so 64x64 pixels -> 16x16x4 latents
+    vae_channels: tuple[int, ...] = (32, 64, 64)
+    vae_steps: int = 800
+    vae_batch: int = 16
+    vae_lr: float = 2e-3
+    vae_kl_weight: float = 1e-6
+    # text encoder: a small CLIP over the world's words
+    text_width: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    text_lr: float = 4e-3
+    # U-Net
+    unet_channels: tuple[int, ...] = (64, 64, 96)
+    unet_layers_per_block: int = 1
+    unet_head_dim: int = 32
+    unet_steps: int = 4000
+    unet_batch: int = 64
+    unet_lr: float = 2e-3
+    warmup_steps: int = 100
+    ema_decay: float = 0.995
+    min_snr_gamma: float = 5.0
+    num_latent_scenes: int = 24000
+    checkpoint_every: int = 250
+    snapshot_every: int = 500  # EMA weights kept at these steps, for the learning curve
+
+
+def scheduler_config() -> dict:
+    """Stable Diffusion 1.x's noise schedule and default scheduler."""
+    return dict(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        prediction_type="epsilon", set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
+        clip_sample=False,
+    )
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def render_batch(rng: np.random.Generator, n: int):
+    """n random scenes and their images, (n, 3, 64, 64) in [-1, 1]."""
+    scenes = [random_scene(rng) for _ in range(n)]
+    images = np.stack([render(s) for s in scenes])  # (n, 64, 64, 3) uint8
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return scenes, x
+
+
+def build_vae(cfg: TrainConfig) -> AutoencoderKL:
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=cfg.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        layers_per_block=1, norm_num_groups=32, sample_size=64,
+    )
+
+
+def build_text_encoder(cfg: TrainConfig, tokenizer) -> CLIPTextModel:
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.text_width, intermediate_size=4 * cfg.text_width,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, projection_dim=cfg.text_width,
+    ))
+
+
+def build_unet(cfg: TrainConfig) -> UNet2DConditionModel:
+    n = len(cfg.unet_channels)
+    # no attention at the full 16x16 latent resolution, where it would cost most of the time on a CPU
+    return UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=cfg.unet_channels,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
+        layers_per_block=cfg.unet_layers_per_block, cross_attention_dim=cfg.text_width,
+        attention_head_dim=cfg.unet_head_dim, norm_num_groups=32,
+    )
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def train_vae(cfg: TrainConfig, work: Path) -> AutoencoderKL:
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed)
+    ckpt, start = work / "vae.pt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+        rng.bit_generator.state, start = state["rng"], state["step"]
+        torch.set_rng_state(state["torch_rng"])
+        log(f"vae: resuming at step {start}")
+    t0 = time.time()
+    for step in range(start, cfg.vae_steps):
+        lr = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))  # cosine to zero
+        for g in opt.param_groups:
+            g["lr"] = lr
+        _, x = render_batch(rng, cfg.vae_batch)  # (B, 3, 64, 64)
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        mse = F.mse_loss(recon, x)
+        loss = mse + cfg.vae_kl_weight * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 50 == 0:
+            log(f"vae step {step + 1}/{cfg.vae_steps} mse {mse.item():.4f} ({time.time() - t0:.0f}s)")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
+            save_checkpoint(ckpt, model=vae.state_dict(), opt=opt.state_dict(), rng=rng.bit_generator.state,
+                            step=step + 1, torch_rng=torch.get_rng_state())
+    vae.eval().requires_grad_(False)
+    return vae
+
+
+@torch.no_grad()
+def encode_scenes(cfg: TrainConfig, vae: AutoencoderKL, work: Path):
+    """Render a fixed set of scenes and encode them once: posterior means and stds, (N, 4, 16, 16) each."""
+    path = work / "latents.pt"
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    rng = np.random.default_rng(cfg.seed + 1)
+    scenes, means, stds = [], [], []
+    for _ in range(0, cfg.num_latent_scenes, 256):
+        batch, x = render_batch(rng, 256)
+        dist = vae.encode(x).latent_dist
+        scenes += batch
+        means.append(dist.mean)
+        stds.append(dist.std)
+    data = {"scenes": scenes, "mean": torch.cat(means), "std": torch.cat(stds)}
+    # scaling_factor: the latents' unit-variance scale, as Rombach et al. measure it
+    sample = data["mean"][:4096] + data["std"][:4096] * torch.randn_like(data["std"][:4096])
+    data["scaling_factor"] = float(1.0 / sample.std())
+    mse = F.mse_loss(vae.decode(data["mean"][:256]).sample, x).item()
+    log(f"encoded {len(scenes)} scenes; scaling_factor {data['scaling_factor']:.4f}; vae mse {mse:.5f}")
+    torch.save(data, path)
+    return data
+
+
+def train_denoiser(cfg: TrainConfig, vae: AutoencoderKL, tokenizer, work: Path):
+    data = encode_scenes(cfg, vae, work)
+    scale = data["scaling_factor"]
+    torch.manual_seed(cfg.seed + 2)
+    unet, text_encoder = build_unet(cfg), build_text_encoder(cfg, tokenizer)
+    ema_unet, ema_text = build_unet(cfg), build_text_encoder(cfg, tokenizer)
+    ema_unet.load_state_dict(unet.state_dict()), ema_text.load_state_dict(text_encoder.state_dict())
+    ema_unet.requires_grad_(False), ema_text.requires_grad_(False)
+    opt = torch.optim.AdamW([
+        {"params": unet.parameters(), "lr": cfg.unet_lr},
+        {"params": text_encoder.parameters(), "lr": cfg.text_lr},
+    ], weight_decay=1e-2)
+    base_lrs = [cfg.unet_lr, cfg.text_lr]
+    noise_scheduler = DDPMScheduler(**{k: v for k, v in scheduler_config().items()
+                                       if k not in ("set_alpha_to_one", "skip_prk_steps", "steps_offset")})
+    alphas_cumprod = noise_scheduler.alphas_cumprod  # (1000,)
+    rng = np.random.default_rng(cfg.seed + 3)
+    ckpt, start = work / "denoiser.pt", 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text"])
+        ema_unet.load_state_dict(state["ema_unet"]), ema_text.load_state_dict(state["ema_text"])
+        opt.load_state_dict(state["opt"])
+        rng.bit_generator.state, start = state["rng"], state["step"]
+        torch.set_rng_state(state["torch_rng"])
+        log(f"denoiser: resuming at step {start}")
+    n_params = sum(p.numel() for p in unet.parameters())
+    log(f"u-net {n_params / 1e6:.2f}M parameters, text encoder "
+        f"{sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M")
+    scenes = data["scenes"]
+    t0 = time.time()
+    for step in range(start, cfg.unet_steps):
+        warm = min(1.0, (step + 1) / cfg.warmup_steps)
+        for g, base in zip(opt.param_groups, base_lrs):
+            g["lr"] = base * warm
+        idx = torch.from_numpy(rng.integers(len(scenes), size=cfg.unet_batch))
+        captions = [random_caption(scenes[i], rng) for i in idx.tolist()]
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
+                        truncation=True, return_tensors="pt").input_ids  # (B, 77)
+        x0 = (data["mean"][idx] + data["std"][idx] * torch.randn_like(data["std"][idx])) * scale  # (B, 4, 16, 16)
+        eps = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (cfg.unet_batch,))
+        x_t = noise_scheduler.add_noise(x0, eps, t)
+        context = text_encoder(ids)[0]  # (B, 77, D)
+        eps_pred = unet(x_t, t, encoder_hidden_states=context).sample
+        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+        weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # Min-SNR-gamma for epsilon prediction
+        loss = (weight * (eps_pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, model in ((ema_unet, unet), (ema_text, text_encoder)):
+                for pe, p in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(p, 1 - decay)
+        if (step + 1) % 50 == 0:
+            log(f"denoiser step {step + 1}/{cfg.unet_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
+            save_checkpoint(ckpt, unet=unet.state_dict(), text=text_encoder.state_dict(),
+                            ema_unet=ema_unet.state_dict(), ema_text=ema_text.state_dict(), opt=opt.state_dict(),
+                            rng=rng.bit_generator.state, step=step + 1, torch_rng=torch.get_rng_state())
+        if (step + 1) % cfg.snapshot_every == 0:
+            (work / "snapshots").mkdir(exist_ok=True)
+            save_checkpoint(work / "snapshots" / f"step{step + 1:05d}.pt", unet=ema_unet.state_dict(),
+                            text=ema_text.state_dict(), minutes=(time.time() - t0) / 60)
+    return ema_unet, ema_text, scale
+
+
+def save_model(out: Path, vae, unet, text_encoder, tokenizer, scaling_factor: float) -> None:
+    """Write the model in diffusers format (the layout `StableDiffusionPipeline.save_pretrained` writes)."""
+    from diffusers import StableDiffusionPipeline
+
+    vae.register_to_config(scaling_factor=scaling_factor)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        scheduler=PNDMScheduler(**scheduler_config()), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+
+
+def train(out: Path, work: Path, cfg: TrainConfig = TrainConfig()) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    tokenizer = write_word_tokenizer(list(WORDS), work / "tokenizer")
+    log(f"tokenizer: {len(tokenizer)} tokens")
+    vae = train_vae(cfg, work)
+    unet, text_encoder, scale = train_denoiser(cfg, vae, tokenizer, work)
+    save_model(out, vae, unet, text_encoder, tokenizer, scale)
+    log(f"saved the model to {out}")
