@@ -1,0 +1,245 @@
+"""The `sdcli` command line: arguments to settings, results to stdout, progress and errors to stderr.
+
+Every error reaches the user as one line on stderr (`error: <problem>; <fix>`) with exit code 2 for a command
+that must change and 1 for a run that failed; no traceback (set SDCLI_DEBUG=1 to get one). New commands are
+added with `@app.command()` like those below.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from typer.core import TyperGroup
+
+from sdcli import __version__
+from sdcli.console import error_line, setup_logging, step_progress
+from sdcli.errors import SdcliError, UsageError, reason
+from sdcli.geometry import native_size
+from sdcli.metadata import INFOTEXT_KEY, read_chunks, settings_from_png
+from sdcli.references import builtin_models
+from sdcli.samplers import NAMES, SAMPLERS
+from sdcli.settings import DEFAULT_MODEL, DEVICES, DTYPES, Output, Request, random_seed
+
+MODEL_ENV = "SDCLI_MODEL"
+DEBUG_ENV = "SDCLI_DEBUG"
+
+# --sampler, --device and --dtype choices, from the same tables the code uses.
+SamplerName = enum.Enum("SamplerName", {name: name for name in NAMES}, type=str)
+DeviceName = enum.Enum("DeviceName", {name: name for name in DEVICES}, type=str)
+DtypeName = enum.Enum("DtypeName", {name: name for name in DTYPES}, type=str)
+
+
+class OneLineErrors(TyperGroup):
+    """Runs a command and turns every error into one line on stderr and an exit code."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as error:  # the parser's: a missing argument, a bad value, an unknown command
+            message = error.format_message().rstrip(".")
+            context = getattr(error, "ctx", None)
+            if error.exit_code == 2 and context is not None:
+                message += f"; see `{context.command_path} --help`"
+            error_line(message)
+            code = error.exit_code
+        except typer.Abort:
+            error_line("interrupted")
+            code = 130
+        except SdcliError as error:
+            error_line(str(error))
+            code = error.exit_code
+        except Exception as error:  # noqa: BLE001 - a bug or an unforeseen failure: still one line, unless debugging
+            if os.environ.get(DEBUG_ENV):
+                raise
+            error_line(f"unexpected {type(error).__name__}: {reason(error)} (set {DEBUG_ENV}=1 to see where)")
+            code = 1
+        code = code if isinstance(code, int) else 0
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(
+    cls=OneLineErrors,
+    help="Text to image from the command line, with a hand-written Stable Diffusion loop.",
+    invoke_without_command=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"sdcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    context: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    if context.invoked_subcommand is None:
+        raise UsageError("no command given; run `sdcli --help` to list the commands")
+
+
+def _read_prompt(prompt: str | None) -> str | None:
+    return sys.stdin.read().rstrip("\r\n") if prompt == "-" else prompt
+
+
+def build_request(given: dict[str, Any], from_image: Path | None) -> Request:
+    """Settings from the options given, over those of `--from IMAGE`, over $SDCLI_MODEL and the defaults."""
+    settings = settings_from_png(from_image) if from_image is not None else {}
+    settings.update({key: value for key, value in given.items() if value is not None})
+    if "prompt" not in settings:
+        raise UsageError("no prompt; give a PROMPT (or - to read it from stdin), or --from IMAGE to replay one")
+    settings.setdefault("model", os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
+    settings.setdefault("seed", random_seed())
+    return Request(**settings)
+
+
+DEFAULTS = {f.name: f.default for f in fields(Request)}  # --help shows the defaults the settings define
+
+
+@app.command()
+def generate(
+    prompt: Annotated[str | None, typer.Argument(help="The prompt; - reads it from stdin.", show_default=False)] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Diffusers folder, Hugging Face repo id, or built-in model name.",
+            show_default=f"${MODEL_ENV}, else {DEFAULT_MODEL}",
+        ),
+    ] = None,
+    neg: Annotated[str | None, typer.Option("--neg", help="Negative prompt (the unconditional branch).")] = None,
+    cfg: Annotated[float | None, typer.Option(help="Guidance scale w.", show_default=str(DEFAULTS["cfg"]))] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps.", show_default=str(DEFAULTS["steps"]))] = None,
+    sampler: Annotated[
+        SamplerName | None,
+        typer.Option(metavar="NAME", help="Sampler (see `sdcli samplers`).", show_default=DEFAULTS["sampler"]),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed of the first image; image i uses seed+i.", show_default="random")
+    ] = None,
+    width: Annotated[int | None, typer.Option(help="Width in pixels.", show_default="the model's")] = None,
+    height: Annotated[int | None, typer.Option(help="Height in pixels.", show_default="the model's")] = None,
+    num_images: Annotated[
+        int | None, typer.Option("--num-images", "-n", help="Number of images.", show_default="1")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per U-Net call.", show_default="1")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File for a single image (.png).")] = None,
+    out_dir: Annotated[Path, typer.Option(help="Folder for the images, named <seed>-<prompt>.png.")] = Output.out_dir,
+    device: Annotated[
+        DeviceName | None, typer.Option(help="Device; auto: CUDA if present, else CPU.", show_default="auto")
+    ] = None,
+    dtype: Annotated[
+        DtypeName | None,
+        typer.Option(help="Weights' dtype; auto: fp16 on a GPU, fp32 on the CPU.", show_default="auto"),
+    ] = None,
+    from_image: Annotated[
+        Path | None, typer.Option("--from", help="Replay the settings stored in this PNG; other options override.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per image instead of its path.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar or messages on a terminal; warnings still show.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
+) -> None:
+    """Generate images from a prompt; print each written path (or JSON object) on stdout."""
+    interactive = sys.stderr.isatty() and not quiet  # progress and messages for a person watching, not for pipes
+    setup_logging(verbose=interactive)
+    given = {
+        "prompt": _read_prompt(prompt),
+        "model": model,
+        "negative_prompt": neg,
+        "cfg": cfg,
+        "steps": steps,
+        "sampler": sampler.value if sampler else None,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "num_images": num_images,
+        "batch_size": batch_size,
+        "device": device.value if device else None,
+        "dtype": dtype.value if dtype else None,
+    }
+    request = build_request(given, from_image)
+    destination = Output(file=output, out_dir=out_dir, overwrite=overwrite)
+    # torch and diffusers take seconds to import: only this command needs them.
+    from sdcli.generate import generate as run
+
+    with step_progress(interactive) as on_step:
+        for path, made in run(request, destination, on_step):
+            if as_json:
+                line = json.dumps({"path": str(path), **made.record.as_dict(), "seconds": round(made.seconds, 3)})
+            else:
+                line = str(path)
+            print(line, flush=True)
+
+
+@app.command()
+def samplers(as_json: Annotated[bool, typer.Option("--json", help="One JSON object per sampler.")] = False) -> None:
+    """List the samplers: name, AUTOMATIC1111 name, diffusers scheduler and its settings."""
+    for s in SAMPLERS:
+        if as_json:
+            row = {"name": s.name, "a1111_name": s.a1111_name, "scheduler": s.scheduler, "settings": dict(s.settings)}
+            print(json.dumps(row))
+        else:
+            settings = ", ".join(f"{k}={v!r}" for k, v in s.settings.items())
+            print(f"{s.name:<20} {s.a1111_name:<21} {s.scheduler}{f' ({settings})' if settings else ''}")
+
+
+@app.command()
+def inspect(
+    image: Annotated[Path, typer.Argument(help="A PNG written by sdcli (or by AUTOMATIC1111).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the settings as one JSON object.")] = False,
+) -> None:
+    """Print the settings stored in a PNG: AUTOMATIC1111's infotext, or with --json the complete settings."""
+    if as_json:
+        print(json.dumps(settings_from_png(image), ensure_ascii=False))
+        return
+    chunks = read_chunks(image)
+    if INFOTEXT_KEY in chunks:
+        print(chunks[INFOTEXT_KEY])
+    else:  # only our JSON chunk (or neither, which settings_from_png reports)
+        for key, value in settings_from_png(image).items():
+            print(f"{key}: {value}")
+
+
+def _model_summary(folder: Path) -> dict[str, Any]:
+    unet_config = json.loads((folder / "unet" / "config.json").read_text())
+    vae_config = json.loads((folder / "vae" / "config.json").read_text())
+    width, height = native_size(unet_config, vae_config)
+    return {"name": folder.name, "width": width, "height": height, "path": str(folder)}
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="One JSON object per model.")] = False) -> None:
+    """List the built-in models (usable by name with --model)."""
+    found = builtin_models()
+    if not found:
+        sys.stderr.write("no built-in models in this copy of sdcli (build one with `make shapes-model`)\n")
+    for folder in found:
+        summary = _model_summary(folder)
+        if as_json:
+            print(json.dumps(summary))
+        else:
+            print(f"{summary['name']:<16} {summary['width']}x{summary['height']}  {summary['path']}")
+
+
+def main() -> None:
+    """The console script."""
+    app()

@@ -1,0 +1,119 @@
+"""The generate workflow: a `Request` to PNG files, checking everything it can before the model loads.
+
+1. check inputs: settings (on creation), output paths, device
+2. resolve and load the model; check the size against its latent scale
+3. encode the prompt and the negative prompt
+4. per batch: initial noise from per-image generators, the guided loop, decode
+5. write each image atomically, its settings inside
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from sdcli.denoise import StepCallback, denoise, initial_noise, unet_denoiser
+from sdcli.devices import DTYPE_NAMES, resolve_device, resolve_dtype
+from sdcli.geometry import check_size
+from sdcli.guidance import guided, needs_unconditional
+from sdcli.images import decode, to_pil
+from sdcli.loading import Model, load_model
+from sdcli.metadata import encode_png
+from sdcli.outputs import plan_paths, write_atomic
+from sdcli.prompts import encode_prompt
+from sdcli.references import resolve_model
+from sdcli.samplers import get_sampler
+from sdcli.schedule import Schedule, build_scheduler
+from sdcli.settings import ImageRecord, Output, Request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Generated:
+    record: ImageRecord  # the settings that remake this image alone
+    image: Image.Image
+    seconds: float  # wall time of its batch, shared equally among the batch's images
+
+
+def _batches(seeds: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(seeds), size):
+        yield seeds[start : start + size]
+
+
+def make_images(model: Model, request: Request, on_step: StepCallback | None = None) -> Iterator[Generated]:
+    """The request's images, in seed order, made `request.batch_size` at a time. `on_step(done, total)` counts
+    timesteps over the whole request."""
+    native_width, native_height = model.native_size
+    width, height = request.width or native_width, request.height or native_height
+    check_size(width, height, model.latent_scale)
+    scheduler = build_scheduler(get_sampler(request.sampler), model.scheduler_config)
+    latent_shape = (model.latent_channels, height // model.latent_scale, width // model.latent_scale)  # (C, h, w)
+
+    context = encode_prompt(model.tokenizer, model.text_encoder, request.prompt)  # (1, L, D)
+    uncond_context = (
+        encode_prompt(model.tokenizer, model.text_encoder, request.negative_prompt, "negative prompt")
+        if needs_unconditional(request.cfg)
+        else None
+    )
+    denoiser = unet_denoiser(model.unet)
+    batches = list(_batches(request.seeds, request.batch_size))
+
+    def report(batch_index: int, done: int, per_batch: int) -> None:
+        if on_step is not None:
+            on_step(batch_index * per_batch + done, per_batch * len(batches))
+
+    for batch_index, seeds in enumerate(batches):
+        start = time.perf_counter()
+        n = len(seeds)
+        schedule = Schedule(scheduler, request.steps, model.device)
+        predict = partial(
+            guided,
+            denoiser,
+            context=context.repeat(n, 1, 1),  # (n, L, D)
+            uncond_context=None if uncond_context is None else uncond_context.repeat(n, 1, 1),
+            scale=request.cfg,
+        )
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        noise = initial_noise(generators, latent_shape, model.device, model.dtype)  # (n, C, h, w)
+        latents = denoise(predict, schedule, noise, generators, partial(report, batch_index))  # (n, C, h, w)
+        images = to_pil(decode(model.vae, latents))
+        seconds = (time.perf_counter() - start) / n
+        for seed, image in zip(seeds, images, strict=True):
+            record = ImageRecord(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                seed=seed,
+                cfg=request.cfg,
+                steps=request.steps,
+                sampler=request.sampler,
+                width=width,
+                height=height,
+                model=model.reference,
+                device=model.device.type,
+                dtype=DTYPE_NAMES[model.dtype],
+            )
+            yield Generated(record, image, seconds)
+
+
+def generate(request: Request, output: Output, on_step: StepCallback | None = None) -> Iterator[tuple[Path, Generated]]:
+    """Make and write the request's images; yields each (path, image) once it is on disk."""
+    # 1. Check inputs (the settings checked themselves), before the model loads.
+    paths = plan_paths(request, output)
+    device = resolve_device(request.device)
+    dtype = resolve_dtype(request.dtype, device)
+    folder = resolve_model(request.model)
+    # 2. Load the model.
+    log.info("loading model %s on %s (%s)", folder.reference, device, DTYPE_NAMES[dtype])
+    model = load_model(folder, device, dtype)
+    # 3.-5. Generate and write.
+    for path, made in zip(paths, make_images(model, request, on_step), strict=True):
+        write_atomic(path, encode_png(made.image, made.record), output.overwrite)
+        yield path, made

@@ -1,0 +1,151 @@
+"""Settings inside PNG files, twice: AUTOMATIC1111's `parameters` infotext, and our own `sdcli` JSON chunk.
+
+The infotext is the format that tools reading AUTOMATIC1111 images understand:
+
+    <prompt>
+    Negative prompt: <negative>
+    Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: <name>
+
+(the negative line left out when empty; a value holding `,` `:` or a newline JSON-quoted, as AUTOMATIC1111 does).
+The `sdcli` chunk holds the complete `ImageRecord` as JSON; `--from` replays it exactly. An image with only an
+infotext (one made by AUTOMATIC1111, say) can still be replayed from the settings the infotext carries.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+from PIL.PngImagePlugin import PngInfo
+
+from sdcli import __version__
+from sdcli.errors import UsageError
+from sdcli.samplers import from_a1111_name, get_sampler
+from sdcli.settings import RECORD_FIELDS, ImageRecord
+
+log = logging.getLogger(__name__)
+
+INFOTEXT_KEY = "parameters"
+SDCLI_KEY = "sdcli"
+NEGATIVE_PREFIX = "Negative prompt:"
+# AUTOMATIC1111's pattern for one `Key: value` pair of the last infotext line (a value is JSON-quoted or comma-free).
+_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ",:\n") else text
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+    return text
+
+
+def infotext(record: ImageRecord) -> str:
+    """The `parameters` text of AUTOMATIC1111 for one image."""
+    params = {
+        "Steps": record.steps,
+        "Sampler": get_sampler(record.sampler).a1111_name,
+        "CFG scale": float(record.cfg),
+        "Seed": record.seed,
+        "Size": f"{record.width}x{record.height}",
+        "Model": record.model_name,
+    }
+    lines = [record.prompt]
+    if record.negative_prompt:
+        lines.append(f"{NEGATIVE_PREFIX} {record.negative_prompt}")
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in params.items()))
+    return "\n".join(lines)
+
+
+def parse_infotext(text: str) -> dict[str, str]:
+    """AUTOMATIC1111's infotext as {key: value}, with the prompts under "Prompt" and "Negative prompt"."""
+    *lines, last = text.strip().split("\n")
+    if len(_PARAM.findall(last)) < 3:  # no settings line: all of it is prompt
+        lines, last = [*lines, last], ""
+    prompt: list[str] = []
+    negative: list[str] = []
+    for line in lines:
+        if line.startswith(NEGATIVE_PREFIX):
+            negative.append(line[len(NEGATIVE_PREFIX) :].strip())
+        else:
+            (negative if negative else prompt).append(line)
+    params = {key.strip(): _unquote(value.strip()) for key, value in _PARAM.findall(last)}
+    return {"Prompt": "\n".join(prompt), "Negative prompt": "\n".join(negative), **params}
+
+
+def settings_from_infotext(text: str) -> dict[str, Any]:
+    """The `Request` settings an infotext carries (those it leaves out keep their defaults)."""
+    params = parse_infotext(text)
+    settings: dict[str, Any] = {"prompt": params["Prompt"], "negative_prompt": params["Negative prompt"]}
+    try:
+        if "Steps" in params:
+            settings["steps"] = int(params["Steps"])
+        if "CFG scale" in params:
+            settings["cfg"] = float(params["CFG scale"])
+        if "Seed" in params:
+            settings["seed"] = int(params["Seed"])
+        if "Size" in params:
+            settings["width"], settings["height"] = (int(v) for v in params["Size"].split("x"))
+    except ValueError as error:
+        raise UsageError(f"the image's parameters do not parse ({error}); give the settings as options") from None
+    if "Sampler" in params:
+        name = params["Sampler"]
+        if params.get("Schedule type") == "Karras" and not name.endswith(" Karras"):
+            name += " Karras"  # AUTOMATIC1111 1.9+ writes the schedule on its own
+        settings["sampler"] = from_a1111_name(name).name
+    if "Model" in params:
+        settings["model"] = params["Model"]
+    return settings
+
+
+def encode_png(image: Image.Image, record: ImageRecord) -> bytes:
+    """The image as PNG bytes carrying its settings in a `parameters` and an `sdcli` text chunk."""
+    info = PngInfo()
+    info.add_text(INFOTEXT_KEY, infotext(record))
+    info.add_text(SDCLI_KEY, json.dumps({"version": __version__, **record.as_dict()}, ensure_ascii=False))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def read_chunks(path: Path) -> dict[str, str]:
+    """The PNG's text chunks; a usage error if `path` is not a readable PNG."""
+    try:
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                raise UsageError(f"{path} is a {image.format} image, not a PNG; give a PNG written by sdcli")
+            return dict(image.text)
+    except FileNotFoundError:
+        raise UsageError(f"{path} does not exist; give the path of a PNG written by sdcli") from None
+    except (UnidentifiedImageError, IsADirectoryError, OSError) as error:
+        raise UsageError(f"{path} is not a readable image ({error}); give a PNG written by sdcli") from None
+
+
+def settings_from_png(path: Path) -> dict[str, Any]:
+    """The settings that made the image at `path`: its `sdcli` chunk, else its AUTOMATIC1111 infotext."""
+    chunks = read_chunks(path)
+    if SDCLI_KEY in chunks:
+        try:
+            stored = json.loads(chunks[SDCLI_KEY])
+        except json.JSONDecodeError:
+            raise UsageError(f"{path}: its sdcli chunk is not JSON; replay it from the options instead") from None
+        if not isinstance(stored, dict):
+            raise UsageError(f"{path}: its sdcli chunk is not a JSON object; replay it from the options instead")
+        unknown = sorted(set(stored) - set(RECORD_FIELDS) - {"version"})
+        if unknown:
+            log.warning("%s: ignoring settings this sdcli does not know: %s", path, ", ".join(unknown))
+        return {key: value for key, value in stored.items() if key in RECORD_FIELDS}
+    if INFOTEXT_KEY in chunks:
+        return settings_from_infotext(chunks[INFOTEXT_KEY])
+    raise UsageError(f"{path} carries no generation settings (no sdcli or parameters chunk); give a PNG made by sdcli")

@@ -1,0 +1,119 @@
+"""Model references to folders: a diffusers folder, a built-in model's name, or a Hugging Face repo id.
+
+A reference is tried in that order: a path that exists; the name of a built-in model (a folder with a
+`model_index.json` under `sdcli/models/`, shipped inside the package); a repo id (`owner/name`), looked up in
+huggingface_hub's local cache first and downloaded only when it is not there and `HF_HUB_OFFLINE` is not set.
+No torch here: listing or checking models stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from huggingface_hub import constants, snapshot_download
+
+from sdcli.errors import Failure, UsageError, reason
+from sdcli.settings import DEFAULT_MODEL
+
+REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+# What a repo download fetches: the five components, safetensors weights in full precision only.
+_HUB_ALLOW = ["model_index.json", *(f"{name}/*" for name in REQUIRED_COMPONENTS)]
+_HUB_IGNORE = ["*.bin", "*.ckpt", "*.pt", "*.msgpack", "*.onnx", "*.h5", "*.pb", "*.fp16.*", "*non_ema*"]
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    reference: str  # what loads it again: a built-in name, an absolute folder path, or a repo id
+    folder: Path  # a diffusers folder with a model_index.json
+
+
+def builtin_root() -> Path:
+    """`sdcli/models/` inside the installed package (a real folder: setuptools installs package data as files)."""
+    return Path(str(resources.files("sdcli").joinpath("models")))
+
+
+def builtin_models() -> list[Path]:
+    """The built-in models: folders under `sdcli/models/` that hold a `model_index.json`."""
+    root = builtin_root()
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / "model_index.json").is_file())
+
+
+def check_sd_folder(folder: Path) -> None:
+    """A usage error unless `folder` holds a Stable Diffusion 1.x/2.x model in diffusers format."""
+    index_file = folder / "model_index.json"
+    if not folder.is_dir():
+        raise UsageError(f"model {folder} is a file, not a folder; pass a diffusers model folder (model_index.json)")
+    if not index_file.is_file():
+        raise UsageError(
+            f"{folder} is not a Stable Diffusion model in diffusers format (no model_index.json); "
+            "pass a folder saved by diffusers' save_pretrained, a repo id, or a built-in model name"
+        )
+    try:
+        index = json.loads(index_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UsageError(f"{index_file} is not valid JSON; pass a folder saved by diffusers' save_pretrained") from None
+    if not isinstance(index, dict):
+        raise UsageError(f"{index_file} is not a JSON object; pass a folder saved by diffusers' save_pretrained")
+    if "text_encoder_2" in index or "unet" not in index and "transformer" in index:
+        kind = index.get("_class_name", "another kind of model")
+        raise UsageError(f"{folder} is a {kind}, not Stable Diffusion 1.x/2.x; pass an SD 1.x or 2.x model")
+    missing = [name for name in REQUIRED_COMPONENTS if not (isinstance(index.get(name), list) and index[name][0])]
+    if missing:
+        raise UsageError(
+            f"{folder} is not a Stable Diffusion model: model_index.json has no {', '.join(missing)}; "
+            "pass a model with a U-Net, VAE, CLIP text encoder, tokenizer and scheduler"
+        )
+
+
+def _from_hub(repo_id: str) -> Path:
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (or cached incompletely): fall through to the download
+        pass
+    if constants.HF_HUB_OFFLINE:
+        raise Failure(
+            f"model {repo_id!r} is neither a folder here nor in the Hugging Face cache, and HF_HUB_OFFLINE=1 "
+            "forbids downloading it; download it while online, unset HF_HUB_OFFLINE, or pass a local folder"
+        )
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=_HUB_ALLOW, ignore_patterns=_HUB_IGNORE))
+    except Exception as error:  # noqa: BLE001 - any network or hub error ends the same way for the user
+        raise Failure(
+            f"model {repo_id!r} is neither a folder here nor cached, and the Hugging Face Hub did not serve it "
+            f"({reason(error)}); check the name and the network, or pass a local folder"
+        ) from None
+
+
+def resolve_model(reference: str) -> ModelFolder:
+    """The folder that `reference` names, checked to be a Stable Diffusion model; errors that say what to pass."""
+    path = Path(reference).expanduser()
+    if path.exists():
+        folder = path.resolve()
+        check_sd_folder(folder)
+        return ModelFolder(str(folder), folder)
+    if "/" not in reference and "\\" not in reference:
+        folder = builtin_root() / reference
+        if (folder / "model_index.json").is_file():
+            return ModelFolder(reference, folder)
+        builtins = ", ".join(p.name for p in builtin_models()) or "none installed"
+        if reference == DEFAULT_MODEL:
+            raise UsageError(
+                f"the built-in model {DEFAULT_MODEL!r} is not in this copy of sdcli (`make shapes-model` builds it); "
+                "pass --model with a diffusers folder or a Hugging Face repo id"
+            )
+        raise UsageError(
+            f"model {reference!r} is neither a folder nor a built-in model (built-in: {builtins}); "
+            "pass --model with a diffusers folder, a repo id (owner/name), or a built-in name"
+        )
+    if _REPO_ID.fullmatch(reference):
+        folder = _from_hub(reference)
+        check_sd_folder(folder)
+        return ModelFolder(reference, folder)
+    raise UsageError(f"model folder {reference} does not exist; pass an existing diffusers folder or a repo id")

@@ -1,0 +1,125 @@
+"""What a run asks for, as frozen dataclasses checked on creation. No torch here: the command line validates
+settings (and `sdcli inspect` reads them) without importing the model stack.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from sdcli.errors import UsageError
+from sdcli.samplers import get_sampler
+
+DEFAULT_MODEL = "shapes"  # the built-in model, used when neither --model nor $SDCLI_MODEL names one
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
+
+
+def random_seed() -> int:
+    """A fresh seed from the OS's entropy, for runs that give none (it is recorded, so the run can be repeated)."""
+    return random.SystemRandom().randrange(2**32)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise UsageError(message)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One prompt, its settings, and how many images to make of it."""
+
+    prompt: str
+    seed: int  # image i is made from seed + i, so any image can be remade alone
+    negative_prompt: str = ""  # the unconditional branch of classifier-free guidance ("": the empty prompt)
+    cfg: float = 7.5  # guidance scale w: 1 runs the conditional model only, 0 the unconditional one
+    steps: int = 30  # inference steps, as diffusers' `num_inference_steps`
+    sampler: str = "dpm++2m-karras"  # a name from sdcli.samplers
+    width: int | None = None  # pixels; None: the model's native size
+    height: int | None = None
+    num_images: int = 1
+    batch_size: int = 1  # images per U-Net call; never changes the pixels
+    model: str = DEFAULT_MODEL  # a diffusers folder, a Hugging Face repo id, or a built-in model's name
+    device: str = "auto"  # one of DEVICES
+    dtype: str = "auto"  # one of DTYPES
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.prompt, str), "the prompt must be text")
+        _check(isinstance(self.negative_prompt, str), "--neg must be text")
+        _check(
+            isinstance(self.cfg, (int, float)) and not isinstance(self.cfg, bool) and math.isfinite(self.cfg),
+            f"--cfg must be a finite number, not {self.cfg!r}; for example --cfg 7.5",
+        )
+        _check(_is_int(self.steps) and self.steps >= 1, f"--steps must be a whole number >= 1, not {self.steps!r}")
+        _check(isinstance(self.sampler, str), "--sampler must be a name")
+        get_sampler(self.sampler)
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            _check(
+                value is None or (_is_int(value) and value >= 1),
+                f"--{name} must be a whole number of pixels >= 1, not {value!r}",
+            )
+        _check(
+            _is_int(self.num_images) and self.num_images >= 1,
+            f"-n/--num-images must be >= 1, not {self.num_images!r}",
+        )
+        _check(
+            _is_int(self.batch_size) and self.batch_size >= 1,
+            f"--batch-size must be >= 1, not {self.batch_size!r}",
+        )
+        _check(
+            _is_int(self.seed) and 0 <= self.seed and self.seed + self.num_images - 1 <= MAX_SEED,
+            f"--seed must be a whole number from 0 to {MAX_SEED - self.num_images + 1}, not {self.seed!r}",
+        )
+        _check(isinstance(self.model, str) and self.model != "", "--model must name a model")
+        _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        _check(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.num_images)]
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """Everything that made one image: written into its PNG, printed by --json, and read back by --from."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    cfg: float
+    steps: int
+    sampler: str
+    width: int
+    height: int
+    model: str  # the model reference that loads it again (built-in name, absolute folder path, or repo id)
+    device: str  # the device and dtype it ran on, as resolved ("cpu", "fp32")
+    dtype: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def model_name(self) -> str:
+        """The model's short name, as AUTOMATIC1111 writes it (a folder's name, a repo id, a built-in name)."""
+        return Path(self.model).name if Path(self.model).is_absolute() else self.model
+
+
+RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ImageRecord))
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where the images go."""
+
+    file: Path | None = None  # -o: the one image goes exactly here
+    out_dir: Path = Path("outputs")  # otherwise: named after seed and prompt in this folder
+    overwrite: bool = False  # replace existing files instead of refusing
