@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random Stable Diffusion models saved in diffusers format, built once per session.
+
+Nothing here touches the network: the models are built from random weights and a word tokenizer of our own, and
+HF_HUB_OFFLINE is set for the whole session.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.pop("SDCLI_MODEL", None)
+# Tiny models run fastest on one thread, and this keeps the suite steady on a busy, shared machine.
+torch.set_num_threads(1)
+
+from tiny_sd import build_tiny_sd  # noqa: E402
+
+from sdcli.loading import Model, load_model  # noqa: E402
+from sdcli.references import resolve_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An epsilon-prediction model: VAE with 2 blocks (latent scale 2), U-Net sample size 8, so 16x16 native."""
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-eps")
+
+
+@pytest.fixture(scope="session")
+def tiny_v_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same architecture trained (randomly) for v-prediction, as SD 2.x 768 models are."""
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-v", prediction_type="v_prediction", seed=1)
+
+
+def _load(folder: Path) -> Model:
+    return load_model(resolve_model(str(folder)), torch.device("cpu"), torch.float32)
+
+
+@pytest.fixture(scope="session")
+def loaded(tiny_model: Path) -> Model:
+    return _load(tiny_model)
+
+
+@pytest.fixture(scope="session")
+def loaded_v(tiny_v_model: Path) -> Model:
+    return _load(tiny_v_model)
+
+
+@pytest.fixture(autouse=True)
+def _no_model_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SDCLI_MODEL", raising=False)
