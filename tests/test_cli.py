@@ -85,6 +85,13 @@ def test_options_beside_from_override_it(tiny_model: Path, tmp_path: Path):
     assert (settings["steps"], settings["sampler"], settings["model"]) == (2, "euler", str(tiny_model.resolve()))
 
 
+def test_a_negative_prompt_at_cfg_one_is_a_warning(tiny_model: Path, tmp_path: Path):
+    result = run("generate", "a red circle", "-m", str(tiny_model), *FAST, "--cfg", "1", "--neg", "blue", "--out-dir",
+                 str(tmp_path))  # fmt: skip
+    assert result.exit_code == 0
+    assert result.stderr == "warning: at --cfg 1 only the conditional branch runs: the negative prompt has no effect\n"
+
+
 def test_model_comes_from_the_environment(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("SDCLI_MODEL", str(tiny_model))
     result = run("generate", "a red circle", *FAST, "--out-dir", str(tmp_path), "--json")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from sdcli.generate import make_images
 from sdcli.guidance import cfg, guided, needs_unconditional
+from sdcli.loading import Model
+from sdcli.settings import Request
 
 
 def test_cfg_is_the_formula_of_ho_and_salimans():
@@ -60,3 +64,15 @@ def test_guided_without_unconditional_context_runs_only_the_conditional_pass():
     pred = guided(model, x, torch.tensor(2.0), cond, None, scale=1.0)
     assert len(model.calls) == 1 and model.calls[0].shape == (1, 5, 8)
     assert torch.equal(pred, torch.full((1, 4, 3, 3), 42.0))
+
+
+@pytest.mark.parametrize("scale, per_call", [(7.5, 2 * 3), (0.0, 2 * 3), (1.0, 3)])
+def test_one_unet_call_per_step_with_both_halves_unless_scale_is_one(loaded: Model, scale: float, per_call: int):
+    batches: list[int] = []
+    hook = loaded.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
+    try:
+        request = Request("a red circle", seed=0, steps=4, sampler="euler", cfg=scale, num_images=3, batch_size=3)
+        list(make_images(loaded, request))
+    finally:
+        hook.remove()
+    assert batches == [per_call] * 4  # Euler: one model call per step, 3 images, both halves in one call

@@ -12,9 +12,11 @@ import torch
 from sdcli import references
 from sdcli.devices import resolve_device, resolve_dtype
 from sdcli.errors import UsageError
+from sdcli.generate import make_images
 from sdcli.geometry import check_size, latent_scale, native_size
-from sdcli.loading import Model
+from sdcli.loading import Model, load_model
 from sdcli.references import resolve_model
+from sdcli.settings import Request
 
 
 def test_latent_geometry_comes_from_the_configs(loaded: Model):
@@ -23,6 +25,17 @@ def test_latent_geometry_comes_from_the_configs(loaded: Model):
     assert loaded.native_size == (16, 16)
     assert loaded.scheduler_config["prediction_type"] == "epsilon"
     assert loaded.unet.dtype == loaded.text_encoder.dtype == loaded.vae.dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype, vae_dtype", [(torch.float16, torch.float32), (torch.bfloat16, torch.bfloat16)])
+def test_half_precision_keeps_the_vae_in_fp32_when_its_config_asks(tiny_model: Path, dtype, vae_dtype):
+    model = load_model(resolve_model(str(tiny_model)), torch.device("cpu"), dtype)
+    assert model.vae.config.force_upcast  # diffusers' default, as in SD's VAEs
+    assert model.unet.dtype == model.text_encoder.dtype == dtype
+    assert model.vae.dtype == vae_dtype
+    (made,) = make_images(model, Request("a red circle", seed=1, steps=2))
+    assert made.record.dtype == {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    assert made.image.size == (16, 16)
 
 
 def test_check_size_suggests_valid_sizes():

@@ -57,6 +57,8 @@ def make_images(model: Model, request: Request, on_step: StepCallback | None = N
     scheduler = build_scheduler(get_sampler(request.sampler), model.scheduler_config)
     latent_shape = (model.latent_channels, height // model.latent_scale, width // model.latent_scale)  # (C, h, w)
 
+    if request.negative_prompt and not needs_unconditional(request.cfg):
+        log.warning("at --cfg 1 only the conditional branch runs: the negative prompt has no effect")
     context = encode_prompt(model.tokenizer, model.text_encoder, request.prompt)  # (1, L, D)
     uncond_context = (
         encode_prompt(model.tokenizer, model.text_encoder, request.negative_prompt, "negative prompt")
