@@ -34,10 +34,13 @@ class TrainConfig:
     seed: int = 0
     # VAE: 3 blocks, so 64x64 pixels -> 16x16x4 latents
     vae_channels: tuple[int, ...] = (32, 64, 64)
-    vae_steps: int = 800
+    vae_steps: int = 1000
     vae_batch: int = 16
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
+    # GroupNorm groups: several channels per group. One channel per group is an instance norm, which erases the
+    # absolute colour of flat shapes on flat backgrounds, and with it the palette.
+    vae_norm_groups: int = 8
     # text encoder: a small CLIP over the world's words
     text_width: int = 64
     text_layers: int = 2
@@ -47,6 +50,7 @@ class TrainConfig:
     unet_channels: tuple[int, ...] = (64, 64, 96)
     unet_layers_per_block: int = 1
     unet_head_dim: int = 32
+    unet_norm_groups: int = 16
     unet_steps: int = 4000
     unet_batch: int = 64
     unet_lr: float = 2e-3
@@ -61,8 +65,14 @@ class TrainConfig:
 def scheduler_config() -> dict:
     """Stable Diffusion 1.x's noise schedule and default scheduler."""
     return dict(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type="epsilon", set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1,
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        set_alpha_to_one=False,
+        skip_prk_steps=True,
+        steps_offset=1,
         clip_sample=False,
     )
 
@@ -82,30 +92,49 @@ def render_batch(rng: np.random.Generator, n: int):
 def build_vae(cfg: TrainConfig) -> AutoencoderKL:
     n = len(cfg.vae_channels)
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=cfg.vae_channels,
-        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
-        layers_per_block=1, norm_num_groups=32, sample_size=64,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=cfg.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        layers_per_block=1,
+        norm_num_groups=cfg.vae_norm_groups,
+        sample_size=64,
     )
 
 
 def build_text_encoder(cfg: TrainConfig, tokenizer) -> CLIPTextModel:
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=cfg.text_width, intermediate_size=4 * cfg.text_width,
-        num_hidden_layers=cfg.text_layers, num_attention_heads=cfg.text_heads, max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, projection_dim=cfg.text_width,
-    ))
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=cfg.text_width,
+            intermediate_size=4 * cfg.text_width,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=cfg.text_heads,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            projection_dim=cfg.text_width,
+        )
+    )
 
 
 def build_unet(cfg: TrainConfig) -> UNet2DConditionModel:
     n = len(cfg.unet_channels)
     # no attention at the full 16x16 latent resolution, where it would cost most of the time on a CPU
     return UNet2DConditionModel(
-        sample_size=16, in_channels=4, out_channels=4, block_out_channels=cfg.unet_channels,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=cfg.unet_channels,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),
-        layers_per_block=cfg.unet_layers_per_block, cross_attention_dim=cfg.text_width,
-        attention_head_dim=cfg.unet_head_dim, norm_num_groups=32,
+        layers_per_block=cfg.unet_layers_per_block,
+        cross_attention_dim=cfg.text_width,
+        attention_head_dim=cfg.unet_head_dim,
+        norm_num_groups=cfg.unet_norm_groups,
     )
 
 
@@ -143,8 +172,14 @@ def train_vae(cfg: TrainConfig, work: Path) -> AutoencoderKL:
         if (step + 1) % 50 == 0:
             log(f"vae step {step + 1}/{cfg.vae_steps} mse {mse.item():.4f} ({time.time() - t0:.0f}s)")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
-            save_checkpoint(ckpt, model=vae.state_dict(), opt=opt.state_dict(), rng=rng.bit_generator.state,
-                            step=step + 1, torch_rng=torch.get_rng_state())
+            save_checkpoint(
+                ckpt,
+                model=vae.state_dict(),
+                opt=opt.state_dict(),
+                rng=rng.bit_generator.state,
+                step=step + 1,
+                torch_rng=torch.get_rng_state(),
+            )
     vae.eval().requires_grad_(False)
     return vae
 
@@ -181,13 +216,21 @@ def train_denoiser(cfg: TrainConfig, vae: AutoencoderKL, tokenizer, work: Path):
     ema_unet, ema_text = build_unet(cfg), build_text_encoder(cfg, tokenizer)
     ema_unet.load_state_dict(unet.state_dict()), ema_text.load_state_dict(text_encoder.state_dict())
     ema_unet.requires_grad_(False), ema_text.requires_grad_(False)
-    opt = torch.optim.AdamW([
-        {"params": unet.parameters(), "lr": cfg.unet_lr},
-        {"params": text_encoder.parameters(), "lr": cfg.text_lr},
-    ], weight_decay=1e-2)
+    opt = torch.optim.AdamW(
+        [
+            {"params": unet.parameters(), "lr": cfg.unet_lr},
+            {"params": text_encoder.parameters(), "lr": cfg.text_lr},
+        ],
+        weight_decay=1e-2,
+    )
     base_lrs = [cfg.unet_lr, cfg.text_lr]
-    noise_scheduler = DDPMScheduler(**{k: v for k, v in scheduler_config().items()
-                                       if k not in ("set_alpha_to_one", "skip_prk_steps", "steps_offset")})
+    noise_scheduler = DDPMScheduler(
+        **{
+            k: v
+            for k, v in scheduler_config().items()
+            if k not in ("set_alpha_to_one", "skip_prk_steps", "steps_offset")
+        }
+    )
     alphas_cumprod = noise_scheduler.alphas_cumprod  # (1000,)
     rng = np.random.default_rng(cfg.seed + 3)
     ckpt, start = work / "denoiser.pt", 0
@@ -200,8 +243,10 @@ def train_denoiser(cfg: TrainConfig, vae: AutoencoderKL, tokenizer, work: Path):
         torch.set_rng_state(state["torch_rng"])
         log(f"denoiser: resuming at step {start}")
     n_params = sum(p.numel() for p in unet.parameters())
-    log(f"u-net {n_params / 1e6:.2f}M parameters, text encoder "
-        f"{sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M")
+    log(
+        f"u-net {n_params / 1e6:.2f}M parameters, text encoder "
+        f"{sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M"
+    )
     scenes = data["scenes"]
     t0 = time.time()
     for step in range(start, cfg.unet_steps):
@@ -210,8 +255,9 @@ def train_denoiser(cfg: TrainConfig, vae: AutoencoderKL, tokenizer, work: Path):
             g["lr"] = base * warm
         idx = torch.from_numpy(rng.integers(len(scenes), size=cfg.unet_batch))
         captions = [random_caption(scenes[i], rng) for i in idx.tolist()]
-        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors="pt").input_ids  # (B, 77)
+        ids = tokenizer(
+            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids  # (B, 77)
         x0 = (data["mean"][idx] + data["std"][idx] * torch.randn_like(data["std"][idx])) * scale  # (B, 4, 16, 16)
         eps = torch.randn_like(x0)
         t = torch.randint(0, 1000, (cfg.unet_batch,))
@@ -233,13 +279,25 @@ def train_denoiser(cfg: TrainConfig, vae: AutoencoderKL, tokenizer, work: Path):
         if (step + 1) % 50 == 0:
             log(f"denoiser step {step + 1}/{cfg.unet_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
-            save_checkpoint(ckpt, unet=unet.state_dict(), text=text_encoder.state_dict(),
-                            ema_unet=ema_unet.state_dict(), ema_text=ema_text.state_dict(), opt=opt.state_dict(),
-                            rng=rng.bit_generator.state, step=step + 1, torch_rng=torch.get_rng_state())
+            save_checkpoint(
+                ckpt,
+                unet=unet.state_dict(),
+                text=text_encoder.state_dict(),
+                ema_unet=ema_unet.state_dict(),
+                ema_text=ema_text.state_dict(),
+                opt=opt.state_dict(),
+                rng=rng.bit_generator.state,
+                step=step + 1,
+                torch_rng=torch.get_rng_state(),
+            )
         if (step + 1) % cfg.snapshot_every == 0:
             (work / "snapshots").mkdir(exist_ok=True)
-            save_checkpoint(work / "snapshots" / f"step{step + 1:05d}.pt", unet=ema_unet.state_dict(),
-                            text=ema_text.state_dict(), minutes=(time.time() - t0) / 60)
+            save_checkpoint(
+                work / "snapshots" / f"step{step + 1:05d}.pt",
+                unet=ema_unet.state_dict(),
+                text=ema_text.state_dict(),
+                minutes=(time.time() - t0) / 60,
+            )
     return ema_unet, ema_text, scale
 
 
@@ -249,11 +307,29 @@ def save_model(out: Path, vae, unet, text_encoder, tokenizer, scaling_factor: fl
 
     vae.register_to_config(scaling_factor=scaling_factor)
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=PNDMScheduler(**scheduler_config()), safety_checker=None, feature_extractor=None,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=PNDMScheduler(**scheduler_config()),
+        safety_checker=None,
+        feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(out, safe_serialization=True)
+
+
+def export_snapshot(work: Path, snapshot: Path, out: Path, cfg: TrainConfig = TrainConfig()) -> None:
+    """Save the model as it was at a snapshot of training (EMA weights), to measure the learning curve."""
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
+    vae, unet, text_encoder = build_vae(cfg), build_unet(cfg), build_text_encoder(cfg, tokenizer)
+    vae.load_state_dict(torch.load(work / "vae.pt", weights_only=False)["model"])
+    state = torch.load(snapshot, weights_only=False)
+    unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text"])
+    scale = torch.load(work / "latents.pt", weights_only=False)["scaling_factor"]
+    save_model(out, vae, unet, text_encoder, tokenizer, scale)
 
 
 def train(out: Path, work: Path, cfg: TrainConfig = TrainConfig()) -> None:
