@@ -184,7 +184,7 @@ def generate(
     with step_progress(interactive) as on_step:
         for path, made in run(request, destination, on_step):
             if as_json:
-                line = json.dumps({"path": str(path), **made.record.as_dict(), "seconds": round(made.seconds, 3)})
+                line = json.dumps(made.result(path))
             else:
                 line = str(path)
             print(line, flush=True)

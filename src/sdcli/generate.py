@@ -42,6 +42,10 @@ class Generated:
     image: Image.Image
     seconds: float  # wall time of its batch, shared equally among the batch's images
 
+    def result(self, path: Path) -> dict:
+        """The JSON object `--json` prints and a batch manifest records for this image written at `path`."""
+        return {"path": str(path), **self.record.as_dict(), "seconds": round(self.seconds, 3)}
+
 
 def _batches(seeds: list[int], size: int) -> Iterator[list[int]]:
     for start in range(0, len(seeds), size):
@@ -105,16 +109,21 @@ def make_images(model: Model, request: Request, on_step: StepCallback | None = N
             yield Generated(record, image, seconds)
 
 
+def load_for(request: Request) -> Model:
+    """Check the request's device, dtype and model reference, then load the model (the slow part) once."""
+    device = resolve_device(request.device)
+    dtype = resolve_dtype(request.dtype, device)
+    folder = resolve_model(request.model)
+    log.info("loading model %s on %s (%s)", folder.reference, device, DTYPE_NAMES[dtype])
+    return load_model(folder, device, dtype)
+
+
 def generate(request: Request, output: Output, on_step: StepCallback | None = None) -> Iterator[tuple[Path, Generated]]:
     """Make and write the request's images; yields each (path, image) once it is on disk."""
     # 1. Check inputs (the settings checked themselves), before the model loads.
     paths = plan_paths(request, output)
-    device = resolve_device(request.device)
-    dtype = resolve_dtype(request.dtype, device)
-    folder = resolve_model(request.model)
     # 2. Load the model.
-    log.info("loading model %s on %s (%s)", folder.reference, device, DTYPE_NAMES[dtype])
-    model = load_model(folder, device, dtype)
+    model = load_for(request)
     # 3.-5. Generate and write.
     for path, made in zip(paths, make_images(model, request, on_step), strict=True):
         write_atomic(path, encode_png(made.image, made.record), output.overwrite)

@@ -42,14 +42,19 @@ def plan_paths(request: Request, output: Output) -> list[Path]:
         paths = [output.file]
     else:
         paths = [output.out_dir / image_name(request.prompt, seed) for seed in request.seeds]
+    check_paths(paths, output.overwrite)
+    return paths
+
+
+def check_paths(paths: list[Path], overwrite: bool) -> None:
+    """Before any work: no path is a folder, none exists unless `overwrite`, and their folders can be written."""
     for path in paths:
         if path.is_dir():
             raise UsageError(f"{path} is a folder; give a file name with -o, or a folder with --out-dir")
-        if path.exists() and not output.overwrite:
+        if path.exists() and not overwrite:
             raise UsageError(f"{path} already exists; pass --overwrite to replace it, or choose another -o/--out-dir")
     for folder in {path.parent for path in paths}:
         _check_writable(folder)
-    return paths
 
 
 def _umask() -> int:

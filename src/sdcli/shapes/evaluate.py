@@ -12,11 +12,11 @@ import json
 import sys
 import time
 from dataclasses import asdict, dataclass
-from itertools import combinations
 
 import numpy as np
 from PIL import Image
 
+from sdcli.metrics import diversity
 from sdcli.shapes.judge import judge
 from sdcli.shapes.world import full_captions
 
@@ -31,13 +31,6 @@ class Scores:
     all: float  # colour, shape and background all right
     diversity: float  # mean pairwise RMS pixel distance between seeds of one caption
     seconds: float
-
-
-def diversity(images: list[Image.Image]) -> float:
-    """Mean pairwise RMS distance between images (RGB scaled to [0, 1]); 0 for fewer than two images."""
-    arrays = [np.asarray(im, dtype=np.float64) / 255 for im in images]
-    pairs = [np.sqrt(((a - b) ** 2).mean()) for a, b in combinations(arrays, 2)]
-    return float(np.mean(pairs)) if pairs else 0.0
 
 
 def adherence(images: list[Image.Image], expected: list[tuple[str, str, str]]) -> np.ndarray:
