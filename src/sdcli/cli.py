@@ -240,6 +240,35 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="One JSON object
             print(f"{summary['name']:<16} {summary['width']}x{summary['height']}  {summary['path']}")
 
 
+@app.command("train-shapes")
+def train_shapes(
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where to save the model (diffusers format); default: the built-in `shapes` folder."),
+    ] = None,
+    work_dir: Annotated[
+        Path, typer.Option(help="Checkpoints and snapshots; a rerun with the same folder continues from them.")
+    ] = Path("runs/shapes"),
+    vae_steps: Annotated[int | None, typer.Option(help="VAE training steps (default: the recipe's).")] = None,
+    unet_steps: Annotated[int | None, typer.Option(help="U-Net and text encoder steps (default: the recipe's).")] = None,
+    scenes: Annotated[int | None, typer.Option(help="Scenes encoded once for the U-Net (default: the recipe's).")] = None,
+) -> None:
+    """Train the built-in shapes model from nothing (data generated on the fly; progress and losses on stderr)."""
+    from dataclasses import replace
+
+    from sdcli.references import builtin_root
+    from sdcli.shapes.train import TrainConfig, train
+
+    overrides = {"vae_steps": vae_steps, "unet_steps": unet_steps, "num_latent_scenes": scenes}
+    for name, value in overrides.items():
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, not {value}")
+    config = replace(TrainConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    target = out or builtin_root() / "shapes"
+    train(target, work_dir, config)
+    print(target)
+
+
 def main() -> None:
     """The console script."""
     app()

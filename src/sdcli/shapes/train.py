@@ -73,7 +73,6 @@ def scheduler_config() -> dict:
         set_alpha_to_one=False,
         skip_prk_steps=True,
         steps_offset=1,
-        clip_sample=False,
     )
 
 
@@ -192,8 +191,8 @@ def encode_scenes(cfg: TrainConfig, vae: AutoencoderKL, work: Path):
         return torch.load(path, weights_only=False)
     rng = np.random.default_rng(cfg.seed + 1)
     scenes, means, stds = [], [], []
-    for _ in range(0, cfg.num_latent_scenes, 256):
-        batch, x = render_batch(rng, 256)
+    for start in range(0, cfg.num_latent_scenes, 256):
+        batch, x = render_batch(rng, min(256, cfg.num_latent_scenes - start))  # (b, 3, 64, 64)
         dist = vae.encode(x).latent_dist
         scenes += batch
         means.append(dist.mean)
@@ -202,7 +201,7 @@ def encode_scenes(cfg: TrainConfig, vae: AutoencoderKL, work: Path):
     # scaling_factor: the latents' unit-variance scale, as Rombach et al. measure it
     sample = data["mean"][:4096] + data["std"][:4096] * torch.randn_like(data["std"][:4096])
     data["scaling_factor"] = float(1.0 / sample.std())
-    mse = F.mse_loss(vae.decode(data["mean"][:256]).sample, x).item()
+    mse = F.mse_loss(vae.decode(dist.mean).sample, x).item()  # on the last batch
     log(f"encoded {len(scenes)} scenes; scaling_factor {data['scaling_factor']:.4f}; vae mse {mse:.5f}")
     torch.save(data, path)
     return data
