@@ -75,6 +75,77 @@ def score(model, cfg: float, seeds: list[int], **settings) -> Scores:
     )
 
 
+NEGATIVE_CASES = (
+    # (prompt, negative prompt, what the negative prompt must keep away, judged per image)
+    ("a circle on a white background", "red", "red circle", lambda v: v.colour == "red" and v.shape == "circle"),
+    ("a blue square", "white background", "white background", lambda v: v.background == "white"),
+)
+
+
+def negative_counts(model, seeds: list[int], **settings) -> list[dict]:
+    """For each negative-prompt case: in how many of the seeds' images the unwanted attribute still shows."""
+    from sdcli.generate import make_images
+    from sdcli.settings import Request
+
+    rows = []
+    for prompt, negative, unwanted, shows in NEGATIVE_CASES:
+        request = Request(prompt=prompt, negative_prompt=negative, seed=seeds[0], num_images=len(seeds),
+                          batch_size=len(seeds), model=model.reference, **settings)
+        count = sum(shows(judge(np.asarray(made.image))) for made in make_images(model, request))
+        rows.append({"prompt": prompt, "neg": negative, "unwanted": unwanted, "count": count, "of": len(seeds)})
+    return rows
+
+
+def card_tables(scores: list[Scores], negatives: list[dict], curve: list[dict]) -> str:
+    """The model card's measured section, as Markdown tables."""
+    lines = ["| cfg | images | colour | shape | background | all three | diversity | seconds |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for sc in scores:
+        lines.append(f"| {sc.cfg:g} | {sc.images} | {sc.colour:.0%} | {sc.shape:.0%} | {sc.background:.0%} "
+                     f"| {sc.all:.0%} | {sc.diversity:.3f} | {sc.seconds:.0f} |")
+    lines += ["", "| prompt | --neg | unwanted result | images showing it |", "| --- | --- | --- | --- |"]
+    lines += [f"| {r['prompt']} | {r['neg']} | {r['unwanted']} | {r['count']} of {r['of']} |" for r in negatives]
+    if curve:
+        lines += ["", "| U-Net steps | minutes | colour | shape | background |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {c['step']} | {c['minutes']:.0f} | {c['colour']:.0%} | {c['shape']:.0%} | {c['background']:.0%} |"
+                  for c in curve]
+    return "\n".join(lines) + "\n"
+
+
+def learning_curve(work, seeds: list[int], cfg: float = 7.5, **settings) -> list[dict]:
+    """Score every EMA snapshot of a training run (in `work`/snapshots) at one guidance scale; the results are
+    cached in `work`/curve.jsonl, so a rerun scores only the new snapshots."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from sdcli.loading import load_model
+    from sdcli.references import resolve_model
+    from sdcli.shapes.train import export_snapshot
+
+    work = Path(work)
+    cache = work / "curve.jsonl"
+    rows = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
+    done = {row["step"] for row in rows}
+    for snapshot in sorted((work / "snapshots").glob("step*.pt")):
+        step = int(snapshot.stem[4:])
+        if step in done:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            export_snapshot(work, snapshot, Path(tmp))
+            model = load_model(resolve_model(tmp), torch.device("cpu"), torch.float32)
+            sc = score(model, cfg, seeds, **settings)
+        minutes = torch.load(snapshot, weights_only=False)["minutes"]
+        row = {"step": step, "minutes": minutes, "cfg": cfg, "colour": sc.colour, "shape": sc.shape,
+               "background": sc.background, "all": sc.all}
+        rows.append(row)
+        with cache.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+    return sorted(rows, key=lambda r: r["step"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="shapes")
@@ -82,7 +153,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per caption (0..N-1)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--sampler", default="dpm++2m-karras")
+    parser.add_argument("--negatives", type=int, default=0, help="seeds for the negative-prompt checks (0: skip)")
+    parser.add_argument("--tables", help="write the results as Markdown tables to this file")
+    parser.add_argument("--curve", help="a training work folder: score its snapshots into a learning curve")
     args = parser.parse_args(argv)
+    settings = {"steps": args.steps, "sampler": args.sampler}
+    curve = learning_curve(args.curve, list(range(args.seeds)), **settings) if args.curve else []
 
     import torch
 
@@ -90,9 +166,16 @@ def main(argv: list[str] | None = None) -> None:
     from sdcli.references import resolve_model
 
     model = load_model(resolve_model(args.model), torch.device("cpu"), torch.float32)
+    scores = []
     for cfg in (float(c) for c in args.cfg.split(",")):
-        scores = score(model, cfg, list(range(args.seeds)), steps=args.steps, sampler=args.sampler)
-        print(json.dumps(asdict(scores)), flush=True)
+        scores.append(score(model, cfg, list(range(args.seeds)), **settings))
+        print(json.dumps(asdict(scores[-1])), flush=True)
+    negatives = negative_counts(model, list(range(args.negatives)), **settings) if args.negatives else []
+    for row in negatives:
+        print(json.dumps(row), flush=True)
+    if args.tables:
+        with open(args.tables, "w") as f:
+            f.write(card_tables(scores, negatives, curve))
 
 
 if __name__ == "__main__":
