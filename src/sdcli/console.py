@@ -70,3 +70,21 @@ def step_progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
             progress.update(task, completed=done, total=total)
 
         yield on_step
+
+
+class _ImagesPerMinuteColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed * 60:.1f} images/min" if task.speed else "-.- images/min")
+
+
+@contextmanager
+def image_progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    """One overall rich bar over images on stderr (done / total, images per minute, ETA); `advance(k)` counts k
+    more images done. A no-op when not `enabled`."""
+    if not enabled:
+        yield lambda k: None
+        return
+    columns = (TextColumn("images"), BarColumn(), MofNCompleteColumn(), _ImagesPerMinuteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task("images", total=total)
+        yield lambda k: progress.advance(task, k)

@@ -1,0 +1,383 @@
+"""The batch workflow: a file of prompts to images, resumable, with a manifest, across processes.
+
+1. read and check every line (a `.txt` prompt per line, `.jsonl` objects, `.csv` rows; `-` is stdin): command-line
+   options are the defaults, a line's fields override them; invalid lines stop the batch before any work (or are
+   skipped with `skip_invalid`)
+2. load the model once per process; check each line's size against it
+3. plan: one stable name per image (line number, image index, seed, prompt); images already on disk are skipped,
+   so a rerun resumes; the manifest is brought in line with the files on disk
+4. split the missing images between the processes of `accelerate launch` (contiguous shares, each image once)
+5. make each share with the generate loop, write each image atomically, then append its line to the manifest
+
+An interruption loses at most the images in flight: images land by rename, and a manifest line is appended only
+after its image, so every line names an image on disk; the next run adds lines for images whose line was lost.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from sdcli.errors import UsageError
+from sdcli.geometry import check_size
+from sdcli.outputs import image_name, write_atomic
+from sdcli.settings import Request
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"
+FORMATS = ("txt", "jsonl", "csv")
+WHOLE_BATCH = frozenset({"model", "device", "dtype", "batch_size"})  # one model, one device per run
+PER_LINE = tuple(f.name for f in fields(Request) if f.name not in WHOLE_BATCH)
+ALIASES = {"neg": "negative_prompt", "n": "num_images"}  # the command line's short names
+
+
+@dataclass(frozen=True)
+class Line:
+    """One valid line of the file: its number (1-based, in the file) and the request it makes."""
+
+    number: int
+    request: Request
+
+
+@dataclass(frozen=True)
+class Invalid:
+    number: int
+    problem: str
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One image of the batch."""
+
+    line: Line
+    index: int  # image index within its line
+    path: Path
+
+    @property
+    def seed(self) -> int:
+        return self.line.request.seed + self.index
+
+
+# 1. Reading and checking lines.
+
+
+def file_format(source: str, given: str | None) -> str:
+    if given is not None:
+        return given
+    if source == "-":
+        return "txt"
+    suffix = Path(source).suffix.lower().lstrip(".")
+    if suffix in FORMATS:
+        return suffix
+    if suffix == "ndjson":
+        return "jsonl"
+    raise UsageError(f"{source}: cannot tell its format from the name; use .txt, .jsonl or .csv, or give --format")
+
+
+def raw_rows(text: str, fmt: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line number, fields) per non-blank, non-comment line; a string in place of fields says what is wrong."""
+    if fmt == "csv":
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames is None or "prompt" not in [name.strip() for name in reader.fieldnames]:
+            raise UsageError("the CSV file needs a header line with a `prompt` column (and any option columns)")
+        for row in reader:
+            if None in row:
+                yield reader.line_num, f"more cells than the header has columns ({len(reader.fieldnames)})"
+                continue
+            values = {key.strip(): value for key, value in row.items() if value is not None and value.strip() != ""}
+            if values:
+                yield reader.line_num, _from_strings(values)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if fmt == "txt":
+            yield number, {"prompt": stripped}
+            continue
+        try:
+            value = json.loads(stripped)
+        except json.JSONDecodeError as error:
+            yield number, f"bad JSON ({error.msg} at column {error.colno})"
+            continue
+        yield number, value if isinstance(value, dict) else f"a JSON object is needed, not {type(value).__name__}"
+
+
+def _field_type(name: str) -> str:
+    return next(str(f.type) for f in fields(Request) if f.name == name)
+
+
+def _from_strings(values: dict[str, str]) -> dict[str, Any] | str:
+    """CSV cells to the types the settings take (text stays text)."""
+    typed: dict[str, Any] = {}
+    for key, text in values.items():
+        name = ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
+        kind = _field_type(name) if name in PER_LINE else "str"
+        try:
+            if "float" in kind:
+                typed[key] = float(text)
+            elif "int" in kind:
+                typed[key] = int(text)
+            elif "bool" in kind:
+                if text.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                typed[key] = text.strip().lower() in ("true", "1", "yes")
+            else:
+                typed[key] = text
+        except ValueError:
+            return f"{key} {text!r} is not a {kind.split(' |')[0]}"
+    return typed
+
+
+def line_request(fields_: dict[str, Any], defaults: dict[str, Any]) -> Request:
+    """A line's fields over the command line's defaults, as a checked request."""
+    settings = dict(defaults)
+    for key, value in fields_.items():
+        name = ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
+        if name in WHOLE_BATCH:
+            raise UsageError(f"`{key}` applies to the whole batch; give it on the command line")
+        if name not in PER_LINE:
+            raise UsageError(f"unknown option `{key}` (a line can set: {', '.join(_line_names())})")
+        settings[name] = value
+    if not isinstance(settings.get("prompt"), str):
+        raise UsageError("no `prompt` (text) on this line")
+    return Request(**settings)
+
+
+def _line_names() -> list[str]:
+    short = {name: alias for alias, name in ALIASES.items()}
+    return [short.get(name, name) for name in PER_LINE]
+
+
+def read_lines(text: str, fmt: str, defaults: dict[str, Any]) -> tuple[list[Line], list[Invalid]]:
+    """Every line of the file, checked: the valid ones as requests, the others with their problem."""
+    lines, invalid = [], []
+    for number, row in raw_rows(text, fmt):
+        if isinstance(row, str):
+            invalid.append(Invalid(number, row))
+            continue
+        try:
+            lines.append(Line(number, line_request(row, defaults)))
+        except UsageError as error:
+            invalid.append(Invalid(number, str(error)))
+    return lines, invalid
+
+
+def check_sizes(lines: list[Line], native: tuple[int, int], scale: int) -> tuple[list[Line], list[Invalid]]:
+    """Lines whose size the model can make, and those it cannot (not a multiple of its latent scale)."""
+    good, bad = [], []
+    for line in lines:
+        try:
+            check_size(line.request.width or native[0], line.request.height or native[1], scale)
+            good.append(line)
+        except UsageError as error:
+            bad.append(Invalid(line.number, str(error)))
+    return good, bad
+
+
+def refuse_or_skip(source: str, invalid: list[Invalid], skip_invalid: bool) -> None:
+    """Stop on invalid lines (one error naming the first), or with `skip_invalid` warn about each."""
+    if not invalid:
+        return
+    if skip_invalid:
+        for bad in invalid:
+            log.warning("%s line %d skipped: %s", source, bad.number, bad.problem)
+        return
+    first = invalid[0]
+    others = f" (and {len(invalid) - 1} more: lines {', '.join(str(b.number) for b in invalid[1:6])}" + (
+        "...)" if len(invalid) > 6 else ")"
+    )
+    raise UsageError(
+        f"{source} line {first.number}: {first.problem}{others if len(invalid) > 1 else ''}; "
+        "fix the file, or pass --skip-invalid to skip invalid lines"
+    )
+
+
+# 3. Planning and the manifest.
+
+
+def plan(lines: list[Line], out_dir: Path) -> list[Planned]:
+    """Every image of every line, named `<line>-<index>-<seed>-<prompt words>.png`: stable across reruns."""
+    return [
+        Planned(line, i, out_dir / f"{line.number:05d}-{i}-{image_name(line.request.prompt, line.request.seed + i)}")
+        for line in lines
+        for i in range(line.request.num_images)
+    ]
+
+
+def _manifest_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.exists():
+        for text in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash
+            if isinstance(row, dict) and isinstance(row.get("path"), str):
+                rows.append(row)
+    return rows
+
+
+def reconcile_manifest(out_dir: Path, planned: list[Planned]) -> None:
+    """Rewrite the manifest (atomically) to hold one line per image on disk: planned images in plan order, then
+    lines of other runs into the same folder; lines whose image is gone are dropped, and images without a line
+    (the run stopped between the two) get one from the settings inside the PNG."""
+    from sdcli.metadata import settings_from_png
+
+    manifest = out_dir / MANIFEST
+    known = {row["path"]: row for row in _manifest_rows(manifest) if Path(row["path"]).exists()}
+    rows = []
+    for image in planned:
+        key = str(image.path)
+        if key in known:
+            rows.append(known.pop(key))
+        elif image.path.exists():
+            rows.append({"path": key, **settings_from_png(image.path), "seconds": None})
+    rows.extend(known.values())
+    if rows or manifest.exists():
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        write_atomic(manifest, text.encode("utf-8"), overwrite=True)
+
+
+def remove_partial_files(out_dir: Path) -> None:
+    """Temporary files a killed run left behind (images land by rename from `.<name>.<random>.part`)."""
+    for temp in out_dir.glob(".*.part"):
+        temp.unlink(missing_ok=True)
+
+
+def check_existing(planned: list[Planned]) -> None:
+    """An image already on disk must have been made from the same settings, or resuming would mix two runs."""
+    from sdcli.metadata import settings_from_png
+
+    for image in planned:
+        if not image.path.exists():
+            continue
+        stored = settings_from_png(image.path)
+        wanted = {**asdict(image.line.request), "seed": image.seed}
+        for key in ("prompt", "negative_prompt", "seed", "cfg", "steps", "sampler"):
+            if key in stored and stored[key] != wanted[key]:
+                raise UsageError(
+                    f"{image.path} exists but was made with {key} {stored[key]!r}, not {wanted[key]!r}; "
+                    "pass --overwrite to remake it, or use another --out-dir"
+                )
+
+
+def share_requests(share: list[Planned]) -> Iterator[tuple[Request, list[Planned]]]:
+    """The requests that make a share of images: one per run of consecutive images of one line."""
+    run: list[Planned] = []
+    for image in share:
+        if run and (image.line is not run[-1].line or image.index != run[-1].index + 1):
+            yield replace(run[0].line.request, seed=run[0].seed, num_images=len(run)), run
+            run = []
+        run.append(image)
+    if run:
+        yield replace(run[0].line.request, seed=run[0].seed, num_images=len(run)), run
+
+
+class Manifest:
+    """Appends one JSON line per image; each line is one write() to a file opened for appending, so the lines of
+    several processes never interleave."""
+
+    def __init__(self, out_dir: Path) -> None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(out_dir / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+
+    def append(self, row: dict[str, Any]) -> None:
+        os.write(self.fd, (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+# The whole run.
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    planned: int
+    skipped: int  # already on disk
+    made: int  # by this process
+
+
+def run(
+    text: str,
+    source: str,
+    fmt: str,
+    defaults: dict[str, Any],
+    out_dir: Path,
+    skip_invalid: bool = False,
+    overwrite: bool = False,
+    on_image: Callable[[Path, dict[str, Any]], None] | None = None,
+    note: Callable[[str], None] | None = None,
+    progress: bool = False,
+) -> BatchResult:
+    """Run the batch in this process (one of several under `accelerate launch`); `on_image(path, row)` after each
+    image lands; the main process passes messages (skipped images) to `note(text)` and, with `progress`, shows
+    a progress bar over its share."""
+    import torch  # noqa: F401 - the model stack, only once the lines have been read
+    from accelerate import PartialState
+
+    from sdcli.console import image_progress
+    from sdcli.generate import load_for, make_images
+    from sdcli.metadata import encode_png
+
+    # 1. Read and check every line before any work.
+    lines, invalid = read_lines(text, fmt, defaults)
+    if not lines and not invalid:
+        raise UsageError(f"{source} holds no prompts; give one per line (blank lines and # comments are skipped)")
+    refuse_or_skip(source, invalid, skip_invalid)
+    if not lines:
+        raise UsageError(f"{source}: no valid lines to make; fix the file")
+    # 2. Load the model once in this process; check sizes against it.
+    model = load_for(lines[0].request)
+    lines, wrong_size = check_sizes(lines, model.native_size, model.latent_scale)
+    refuse_or_skip(source, wrong_size, skip_invalid)
+    if not lines:
+        raise UsageError(f"{source}: no valid lines to make; fix the file")
+    # On the CPU, accelerate forms a gloo group of the launched processes only when asked for a CPU state.
+    state = PartialState(cpu=model.device.type == "cpu")
+    planned = plan(lines, out_dir)
+    # 3. Resume: bring the folder and manifest in line with the files on disk (one process does it).
+    if state.is_main_process and out_dir.exists():
+        remove_partial_files(out_dir)
+        if not overwrite:
+            check_existing(planned)
+        reconcile_manifest(out_dir, planned)
+    state.wait_for_everyone()
+    pending = planned if overwrite else [image for image in planned if not image.path.exists()]
+    state.wait_for_everyone()  # every process has seen the same folder before any image lands
+    if note is not None and state.is_main_process:
+        skipped = len(planned) - len(pending)
+        if skipped:
+            note(f"skipped {skipped} of {len(planned)} images already in {out_dir}")
+    # 4. This process's share.
+    with state.split_between_processes(pending) as share:
+        share = list(share)
+    made = 0
+    manifest = Manifest(out_dir)
+    try:
+        with image_progress(progress and state.is_main_process, len(share)) as advance:
+            # 5. Make, write, record.
+            for request, images in share_requests(share):
+                for image, generated in zip(images, make_images(model, request), strict=True):
+                    write_atomic(image.path, encode_png(generated.image, generated.record), overwrite=True)
+                    row = generated.result(image.path)
+                    manifest.append(row)
+                    made += 1
+                    advance(1)
+                    if on_image is not None:
+                        on_image(image.path, row)
+    finally:
+        manifest.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        reconcile_manifest(out_dir, planned)  # one line per image, in plan order, whichever process made it
+    return BatchResult(planned=len(planned), skipped=len(planned) - len(pending), made=made)

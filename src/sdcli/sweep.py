@@ -1,0 +1,327 @@
+"""The guidance sweep: one prompt at several guidance scales (columns) and seeds (rows), measured.
+
+1. plan: the grid of cells, one `Request` per column and run of consecutive seeds (so seeds batch together)
+2. make each column's images with the generate loop; the same seed gives the same initial noise in every column,
+   so columns differ by guidance alone
+3. measure each cell (prompt adherence) and each column (diversity between seeds, time per image)
+4. report: the cell PNGs, a labelled contact sheet, metrics.csv / metrics.json, a plot of the summary
+
+Diversity and adherence are the two sides of classifier-free guidance's trade-off (Ho & Salimans 2022, Table 1):
+raising w makes images follow the prompt more closely and differ less from seed to seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from PIL import Image
+
+from sdcli.denoise import StepCallback
+from sdcli.errors import UsageError
+from sdcli.generate import load_for, make_images
+from sdcli.metadata import encode_png
+from sdcli.metrics import ClipScorer, diversity, judged_adherence, named_attributes
+from sdcli.outputs import check_paths, write_atomic
+from sdcli.settings import Request
+from sdcli.sheets import contact_sheet, line_plot
+
+MAX_VALUES = 1000  # a range that long is a typo
+
+
+def parse_numbers(spec: str, option: str) -> tuple[float, ...]:
+    """`1,3,5,7.5` or `start:stop:step` (stop included when the steps reach it: `1:13:2` is 1, 3, ..., 13)."""
+    example = f"for example {option} 1,3,5,7.5 or {option} 1:13:2"
+    try:
+        if ":" in spec:
+            start, stop, step = (float(part) for part in spec.split(":"))
+            if step <= 0 or stop < start:
+                raise UsageError(f"{option} {spec}: a range needs start <= stop and a step > 0; {example}")
+            count = math.floor((stop - start) / step + 1e-9) + 1
+            if count > MAX_VALUES:
+                raise UsageError(f"{option} {spec} gives {count} values; use a larger step")
+            values = tuple(round(start + i * step, 10) for i in range(count))
+        else:
+            values = tuple(float(part) for part in spec.split(","))
+    except ValueError:
+        raise UsageError(f"{option} {spec!r} is not a list or a range of numbers; {example}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise UsageError(f"{option} {spec!r}: values must be finite numbers; {example}")
+    if len(set(values)) != len(values):
+        raise UsageError(f"{option} {spec!r} repeats a value; give each value once")
+    return values
+
+
+def parse_seeds(spec: str, first: int) -> tuple[int, ...]:
+    """`4` means seeds first .. first+3; `1,5,9` the seeds themselves."""
+    try:
+        values = tuple(int(part) for part in spec.split(","))
+    except ValueError:
+        raise UsageError(f"--seeds {spec!r}: give a count (--seeds 4) or a list of seeds (--seeds 1,5,9)") from None
+    if "," not in spec:
+        if values[0] < 1:
+            raise UsageError(f"--seeds {spec}: the count must be at least 1")
+        return tuple(range(first, first + values[0]))
+    if len(set(values)) != len(values) or min(values) < 0:
+        raise UsageError(f"--seeds {spec!r}: seeds must be different whole numbers >= 0")
+    return values
+
+
+def parse_words(spec: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in spec.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """What to sweep: the base request (prompt and settings) at every scale, for every seed and axis value."""
+
+    base: Request  # its cfg, seed and num_images are replaced per cell
+    scales: tuple[float, ...]  # the columns
+    seeds: tuple[int, ...]
+    axis: str | None = None  # a Request field swept as rows beside the seeds ("sampler", "neg_scale"), or none
+    axis_values: tuple = ()
+
+    def __post_init__(self) -> None:
+        if not self.scales:
+            raise UsageError("--cfg gives no guidance scales; for example --cfg 1,3,5,7.5")
+        if self.axis is not None:
+            for value in self.axis_values:  # each value must make a valid request
+                replace(self.base, **{self.axis: value})
+
+    @property
+    def rows(self) -> list[tuple[object, int]]:
+        """(axis value, seed) per row, axis value None when there is no second axis."""
+        values = self.axis_values if self.axis is not None else (None,)
+        return [(value, seed) for value in values for seed in self.seeds]
+
+    def row_label(self, value: object, seed: int) -> str:
+        if self.axis is None:
+            return f"seed {seed}"
+        name = self.axis.replace("_", "-")
+        return f"{name} {value}" if len(self.seeds) == 1 else f"{name} {value}, seed {seed}"
+
+    def cell_name(self, scale: float, value: object, seed: int) -> str:
+        axis = "" if self.axis is None else f"{self.axis.replace('_', '-')}{value}-"
+        return f"cfg{scale:g}-{axis}seed{seed}.png"
+
+    def column_requests(self, scale: float, value: object) -> list[Request]:
+        """The requests that make one column (of one axis value): one per run of consecutive seeds, in seed order."""
+        settings = {"cfg": scale, **({self.axis: value} if self.axis is not None else {})}
+        runs: list[list[int]] = []
+        for seed in self.seeds:
+            if runs and seed == runs[-1][-1] + 1:
+                runs[-1].append(seed)
+            else:
+                runs.append([seed])
+        return [replace(self.base, seed=run[0], num_images=len(run), **settings) for run in runs]
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One measured cell of the sweep."""
+
+    cfg: float
+    row: int
+    seed: int
+    axis_value: object
+    path: Path
+    adherence: float | None  # judge: 1.0 or 0.0; CLIP: the CLIP score; None when not measured
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One guidance scale's measurements over its cells."""
+
+    cfg: float
+    images: int
+    adherence: float | None  # the mean over cells (judge: the fraction judged right)
+    diversity: float | None  # mean pairwise distance between seeds, averaged over axis values; None for 1 seed
+    seconds_per_image: float
+
+
+# (images, prompt) -> one adherence value per image
+Scorer = Callable[[list[Image.Image], str], list[float]]
+
+
+def make_scorer(model_name: str, prompt: str) -> tuple[str | None, Scorer | None]:
+    """Without --clip-model, adherence is measured on the built-in shapes model only: its judge, on the
+    attributes the prompt names (none named: not measured). Returns (name of the measure, scorer)."""
+    if model_name == "shapes":
+        attributes = named_attributes(prompt)
+        if attributes:
+            return "judged " + "+".join(attributes), lambda images, _: [
+                float(judged_adherence(image, attributes)) for image in images
+            ]
+    return None, None
+
+
+def run_sweep(
+    make: Callable[[Request], Iterator[tuple[Image.Image, float, object]]],
+    sweep: Sweep,
+    out_dir: Path,
+    scorer: Scorer | None,
+) -> Iterator[tuple[CellResult, Image.Image, object]]:
+    """Every cell, column by column: `make(request)` yields (image, seconds, payload) per seed of the request."""
+    row_of = {row: i for i, row in enumerate(sweep.rows)}
+    for scale in sweep.scales:
+        for value in sweep.axis_values if sweep.axis is not None else (None,):
+            for request in sweep.column_requests(scale, value):
+                made = list(make(request))
+                scores = scorer([image for image, _, _ in made], sweep.base.prompt) if scorer else [None] * len(made)
+                for seed, (image, seconds, payload), score in zip(request.seeds, made, scores, strict=True):
+                    cell = CellResult(
+                        cfg=scale,
+                        row=row_of[(value, seed)],
+                        seed=seed,
+                        axis_value=value,
+                        path=out_dir / sweep.cell_name(scale, value, seed),
+                        adherence=score,
+                        seconds=seconds,
+                    )
+                    yield cell, image, payload
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(sweep: Sweep, cells: list[CellResult], images: dict[Path, Image.Image]) -> list[Summary]:
+    """Per guidance scale: mean adherence, diversity between seeds (per axis value, then averaged), time."""
+    summaries = []
+    for scale in sweep.scales:
+        column = [c for c in cells if c.cfg == scale]
+        groups: dict[object, list[Image.Image]] = {}
+        for cell in column:
+            groups.setdefault(cell.axis_value, []).append(images[cell.path])
+        spread = _mean([diversity(group) for group in groups.values() if len(group) > 1])
+        scores = [c.adherence for c in column if c.adherence is not None]
+        summaries.append(
+            Summary(
+                cfg=scale,
+                images=len(column),
+                adherence=_mean(scores),
+                diversity=spread,
+                seconds_per_image=_mean([c.seconds for c in column]) or 0.0,
+            )
+        )
+    return summaries
+
+
+def _cell_row(cell: CellResult, axis: str | None) -> dict:
+    row = {"cfg": cell.cfg, "seed": cell.seed, "path": str(cell.path), "adherence": cell.adherence,
+           "seconds": round(cell.seconds, 4)}  # fmt: skip
+    return {**row, axis: cell.axis_value} if axis else row
+
+
+def metrics_json(sweep: Sweep, measure: str | None, cells: list[CellResult], summary: list[Summary]) -> str:
+    document = {
+        "prompt": sweep.base.prompt,
+        "adherence_measure": measure,
+        "axis": sweep.axis,
+        "cells": [_cell_row(c, sweep.axis) for c in cells],
+        "summary": [asdict(s) for s in summary],
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def metrics_csv(sweep: Sweep, cells: list[CellResult], summary: list[Summary]) -> str:
+    """One row per cell (kind `cell`), then one per guidance scale (kind `summary`)."""
+    axis = [sweep.axis] if sweep.axis else []
+    columns = ["kind", "cfg", *axis, "seed", "path", "adherence", "diversity", "seconds", "images"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    for cell in cells:
+        writer.writerow({"kind": "cell", **_cell_row(cell, sweep.axis)})
+    for s in summary:
+        writer.writerow({"kind": "summary", "cfg": s.cfg, "adherence": s.adherence, "diversity": s.diversity,
+                         "seconds": round(s.seconds_per_image, 4), "images": s.images})  # fmt: skip
+    return buffer.getvalue()
+
+
+def summary_table(measure: str | None, summary: list[Summary]) -> str:
+    """The summary as a plain text table (for stderr)."""
+
+    def fmt(value: float | None, digits: int) -> str:
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    lines = [f"{'cfg':>6}  {'images':>6}  {'adherence':>9}  {'diversity':>9}  {'s/image':>8}"]
+    for s in summary:
+        lines.append(
+            f"{s.cfg:>6g}  {s.images:>6}  {fmt(s.adherence, 3):>9}  {fmt(s.diversity, 4):>9}  "
+            f"{s.seconds_per_image:>8.3f}"
+        )
+    lines.append(f"adherence: {measure or 'not measured (give --clip-model, or use the shapes model)'}")
+    return "\n".join(lines)
+
+
+REPORTS = ("grid.png", "metrics.csv", "metrics.json", "metrics.png")
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run(
+    sweep: Sweep,
+    out_dir: Path,
+    overwrite: bool = False,
+    clip_model: Path | None = None,
+    on_step: StepCallback | None = None,
+    report: Callable[[str], None] | None = None,
+) -> Iterator[tuple[Path, dict | None]]:
+    """Make, measure and write the sweep; yields (path, its JSON object) per cell image as it lands, then
+    (path, None) per report file. `report(text)` receives the summary table."""
+    # 1. Check inputs and outputs before the model loads.
+    cell_paths = [out_dir / sweep.cell_name(s, v, seed) for s in sweep.scales for v, seed in sweep.rows]
+    check_paths([*cell_paths, *(out_dir / name for name in REPORTS)], overwrite)
+    clip = ClipScorer(clip_model) if clip_model is not None else None
+    # 2. Load the model; choose the adherence measure.
+    model = load_for(sweep.base)
+    measure, scorer = ("clip score", clip) if clip else make_scorer(_model_name(model.reference), sweep.base.prompt)
+
+    def make(request: Request) -> Iterator[tuple[Image.Image, float, object]]:
+        for made in make_images(model, request, on_step):
+            yield made.image, made.seconds, made
+
+    # 3. Every cell: make, measure, write.
+    cells: list[CellResult] = []
+    images: dict[Path, Image.Image] = {}
+    for cell, image, made in run_sweep(make, sweep, out_dir, scorer):
+        write_atomic(cell.path, encode_png(image, made.record), overwrite)
+        cells.append(cell)
+        images[cell.path] = image
+        yield cell.path, {**made.result(cell.path), "adherence": cell.adherence}
+    # 4. The contact sheet, the metrics and their plot.
+    summary = summarize(sweep, cells, images)
+    grid = [[images[c.path] for c in sorted(cells, key=lambda c: sweep.scales.index(c.cfg)) if c.row == r]
+            for r in range(len(sweep.rows))]  # fmt: skip
+    sheet = contact_sheet(grid, [f"cfg {s:g}" for s in sweep.scales], [sweep.row_label(*row) for row in sweep.rows])
+    series = {f"adherence ({measure})": [s.adherence for s in summary]} if measure else {}
+    series |= {"diversity (mean pairwise RMS distance)": [s.diversity for s in summary],
+               "seconds per image": [s.seconds_per_image for s in summary]}  # fmt: skip
+    plot = line_plot(list(sweep.scales), series, "guidance scale")
+    contents = {
+        "grid.png": _png(sheet),
+        "metrics.csv": metrics_csv(sweep, cells, summary).encode(),
+        "metrics.json": metrics_json(sweep, measure, cells, summary).encode(),
+        "metrics.png": _png(plot),
+    }
+    for name in REPORTS:
+        write_atomic(out_dir / name, contents[name], overwrite)
+        yield out_dir / name, None
+    if report is not None:
+        report(summary_table(measure, summary))
+
+
+def _model_name(reference: str) -> str:
+    """`shapes` for the built-in model by name, and for a folder called `shapes` (a copy of it)."""
+    return Path(reference).name
