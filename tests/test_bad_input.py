@@ -169,7 +169,9 @@ def test_an_over_long_prompt_is_a_warning_with_the_number_of_dropped_tokens(tiny
     too_long = tmp_path / "too-long.png"
     ok = generate(" ".join(["red"] * 75), "-m", str(tiny_model), *FAST, "--seed", "1", "-o", str(fits))
     assert ok.exit_code == 0 and "warning" not in ok.stderr
-    result = generate(" ".join(["red"] * 100), "-m", str(tiny_model), *FAST, "--seed", "1", "-o", str(too_long))
+    result = generate(
+        " ".join(["red"] * 100), "-m", str(tiny_model), *FAST, "--seed", "1", "--no-long-prompts", "-o", str(too_long)
+    )
     assert result.exit_code == 0
     (warning,) = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     assert "25 tokens were dropped" in warning and "77" in warning

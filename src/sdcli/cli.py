@@ -25,7 +25,7 @@ from sdcli.geometry import native_size
 from sdcli.metadata import INFOTEXT_KEY, read_chunks, settings_from_png
 from sdcli.references import builtin_models
 from sdcli.samplers import NAMES, SAMPLERS
-from sdcli.settings import DEFAULT_MODEL, DEVICES, DTYPES, Output, Request, random_seed
+from sdcli.settings import DEFAULT_MODEL, DEVICES, DTYPES, NEG_MODES, Output, Request, random_seed
 
 MODEL_ENV = "SDCLI_MODEL"
 DEBUG_ENV = "SDCLI_DEBUG"
@@ -34,6 +34,7 @@ DEBUG_ENV = "SDCLI_DEBUG"
 SamplerName = enum.Enum("SamplerName", {name: name for name in NAMES}, type=str)
 DeviceName = enum.Enum("DeviceName", {name: name for name in DEVICES}, type=str)
 DtypeName = enum.Enum("DtypeName", {name: name for name in DTYPES}, type=str)
+NegMode = enum.Enum("NegMode", {name: name for name in NEG_MODES}, type=str)
 
 
 class OneLineErrors(TyperGroup):
@@ -122,7 +123,51 @@ def generate(
             show_default=f"${MODEL_ENV}, else {DEFAULT_MODEL}",
         ),
     ] = None,
-    neg: Annotated[str | None, typer.Option("--neg", help="Negative prompt (the unconditional branch).")] = None,
+    neg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--neg",
+            help="Negative prompt. replace mode: the unconditional branch; separate mode: a term of its own, "
+            "and --neg may be given several times.",
+        ),
+    ] = None,
+    neg_mode: Annotated[
+        NegMode | None,
+        typer.Option(
+            help="replace: the negative prompt is the unconditional branch; separate: eps_empty + w (eps_pos - "
+            "eps_empty) - w_neg (eps_neg - eps_empty) for each --neg.",
+            show_default=DEFAULTS["neg_mode"],
+        ),
+    ] = None,
+    neg_scale: Annotated[
+        float | None, typer.Option(help="w_neg of each negative (separate mode).", show_default="--cfg")
+    ] = None,
+    cfg_rescale: Annotated[
+        float | None,
+        typer.Option(
+            metavar="PHI",
+            help="CFG rescale phi, 0 to 1 (Lin et al. 2023); 0.7 is typical for v-prediction models.",
+            show_default="0: off",
+        ),
+    ] = None,
+    guidance_interval: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LO,HI",
+            help="Guide only while the noise level is in [LO, HI], else run the conditional pass alone "
+            "(Kynkäänniemi et al. 2024). Plain numbers are sigmas (SD runs from about 14.6 to 0.03), e.g. "
+            "0.28,5.42; percentages are of the schedule, 0% the noisy start, e.g. 20%,80%.",
+            show_default="every step",
+        ),
+    ] = None,
+    long_prompts: Annotated[
+        bool | None,
+        typer.Option(
+            "--long-prompts/--no-long-prompts",
+            help="Encode prompts over 75 tokens in 75-token chunks; --no-long-prompts truncates them (a warning).",
+            show_default="long",
+        ),
+    ] = None,
     cfg: Annotated[float | None, typer.Option(help="Guidance scale w.", show_default=str(DEFAULTS["cfg"]))] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps.", show_default=str(DEFAULTS["steps"]))] = None,
     sampler: Annotated[
@@ -164,7 +209,13 @@ def generate(
     given = {
         "prompt": _read_prompt(prompt),
         "model": model,
-        "negative_prompt": neg,
+        "negative_prompt": neg[0] if neg else None,
+        "extra_negative_prompts": tuple(neg[1:]) if neg else None,
+        "neg_mode": neg_mode.value if neg_mode else None,
+        "neg_scale": neg_scale,
+        "cfg_rescale": cfg_rescale,
+        "guidance_interval": guidance_interval,
+        "long_prompts": long_prompts,
         "cfg": cfg,
         "steps": steps,
         "sampler": sampler.value if sampler else None,

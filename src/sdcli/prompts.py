@@ -1,47 +1,158 @@
-"""Text to embeddings, exactly as diffusers' Stable Diffusion pipelines do it.
+"""Text to embeddings: AUTOMATIC1111's emphasis and long prompts, and exactly diffusers' encoding for the rest.
 
-A prompt is tokenized, truncated and padded to the tokenizer's `model_max_length` (77 for CLIP), and its CLIP text
-encoder's last hidden state is the U-Net's cross-attention context. Tokens past the limit are dropped, with a
-warning that says how many.
+A prompt is parsed for emphasis (`sdcli.emphasis`), tokenized piece by piece, and cut into chunks of
+`model_max_length - 2` tokens (75 for CLIP), each wrapped in the start and end tokens and padded as the tokenizer
+pads: [BOS, up to 75 tokens, EOS, padding...] (77). A `BREAK` ends a chunk early. The chunks are encoded separately
+(one batched text-encoder call) and concatenated along the sequence: the U-Net's context is (1, 77 * K, D). All the
+prompts of a run are padded with empty-prompt chunks to the same K, as AUTOMATIC1111 does, so their branches
+batch together.
+
+Weighted tokens follow AUTOMATIC1111's original emphasis: per chunk, the encoder's output is multiplied token by
+token by the weights, then scaled back to its original mean. A prompt of one chunk with no emphasis is tokenized and
+encoded exactly as diffusers' pipelines do it (the same tensor, to the bit).
+
+With `long_prompts=False` only the first chunk is kept (diffusers' truncation), with a warning that says how many
+tokens were dropped.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from sdcli.emphasis import parse_emphasis
+
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Chunks:
+    """A prompt tokenized into K chunks of L = model_max_length tokens."""
+
+    input_ids: list[list[int]]  # K x L: BOS, up to L - 2 tokens, EOS, padding
+    weights: list[list[float]]  # K x L: each token's emphasis weight (1 for BOS, EOS and padding)
+    lengths: list[int]  # K: real tokens in each chunk, BOS and EOS included (the attention mask's ones)
+    dropped: int = 0  # prompt tokens left out (only when long prompts are off)
+
+    @property
+    def weighted(self) -> bool:
+        return any(w != 1.0 for row in self.weights for w in row)
+
+
+def _chunk(tokenizer: CLIPTokenizer, tokens: list[int], weights: list[float]) -> tuple[list[int], list[float], int]:
+    pad = tokenizer.model_max_length - 2 - len(tokens)
+    ids = [tokenizer.bos_token_id, *tokens, tokenizer.eos_token_id] + [tokenizer.pad_token_id] * pad
+    return ids, [1.0, *weights, 1.0] + [1.0] * pad, len(tokens) + 2
+
+
+def tokenize_prompt(tokenizer: CLIPTokenizer, text: str, long_prompts: bool = True) -> Chunks:
+    """The prompt's chunks (see the module's docstring)."""
+    size = tokenizer.model_max_length - 2  # tokens per chunk between BOS and EOS
+    pieces = parse_emphasis(text)
+    texts = [piece.text for piece in pieces if not piece.is_break]
+    tokenized = iter(tokenizer(texts, add_special_tokens=False, verbose=False).input_ids if texts else [])
+    chunks: list[tuple[list[int], list[float], int]] = []
+    tokens: list[int] = []
+    weights: list[float] = []
+    for piece in pieces:
+        if piece.is_break:
+            chunks.append(_chunk(tokenizer, tokens, weights))
+            tokens, weights = [], []
+            continue
+        for token in next(tokenized):
+            if len(tokens) == size:
+                chunks.append(_chunk(tokenizer, tokens, weights))
+                tokens, weights = [], []
+            tokens.append(token)
+            weights.append(piece.weight)
+    if tokens or not chunks:
+        chunks.append(_chunk(tokenizer, tokens, weights))
+    dropped = 0
+    if not long_prompts and len(chunks) > 1:
+        dropped = sum(length - 2 for _, _, length in chunks[1:])
+        chunks = chunks[:1]
+    ids, weight_rows, lengths = (list(column) for column in zip(*chunks))
+    return Chunks(ids, weight_rows, lengths, dropped)
+
+
+def pad_chunks(tokenizer: CLIPTokenizer, chunks: Chunks, count: int) -> Chunks:
+    """`chunks` with empty-prompt chunks appended up to `count` chunks."""
+    empty = [_chunk(tokenizer, [], [])] * (count - len(chunks.input_ids))
+    return Chunks(
+        chunks.input_ids + [ids for ids, _, _ in empty],
+        chunks.weights + [w for _, w, _ in empty],
+        chunks.lengths + [n for _, _, n in empty],
+        chunks.dropped,
+    )
+
+
 def dropped_tokens(tokenizer: CLIPTokenizer, text: str) -> int:
-    """How many of `text`'s tokens (start and end tokens included) do not fit in the encoder's context."""
-    return max(0, len(tokenizer(text, verbose=False).input_ids) - tokenizer.model_max_length)
+    """How many of `text`'s tokens do not fit in one chunk of the encoder's context (dropped without long prompts)."""
+    return tokenize_prompt(tokenizer, text, long_prompts=False).dropped
+
+
+def emphasize(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """AUTOMATIC1111's original emphasis on z (K, L, D) with weights (K, L): per chunk, multiply each token's
+    embedding by its weight, then rescale the chunk to its original mean."""
+    original_mean = z.mean(dim=(1, 2), keepdim=True)  # (K, 1, 1)
+    z = z * weights.unsqueeze(-1)  # (K, L, D)
+    return z * (original_mean / z.mean(dim=(1, 2), keepdim=True))
 
 
 @torch.inference_mode()
-def encode_prompt(
-    tokenizer: CLIPTokenizer, text_encoder: CLIPTextModel, text: str, label: str = "prompt"
-) -> torch.Tensor:
-    """The (1, L, D) context for `text`: L = model_max_length tokens, D = the text encoder's width."""
-    dropped = dropped_tokens(tokenizer, text)
-    if dropped:
+def encode_chunks(text_encoder: CLIPTextModel, chunks: Chunks) -> torch.Tensor:
+    """The (1, K * L, D) context of K chunks: each encoded on its own (one batched call), weighted, concatenated."""
+    input_ids = torch.tensor(chunks.input_ids, device=text_encoder.device)  # (K, L)
+    # SD's CLIP encoders attend over the padding; only encoders whose config says so take the mask (as diffusers).
+    mask = None
+    if getattr(text_encoder.config, "use_attention_mask", False):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (L,)
+        mask = (positions < torch.tensor(chunks.lengths, device=input_ids.device).unsqueeze(1)).long()  # (K, L)
+    z = text_encoder(input_ids, attention_mask=mask)[0]  # (K, L, D)
+    if chunks.weighted:
+        weights = torch.tensor(chunks.weights, device=z.device, dtype=torch.float32)  # (K, L)
+        z = emphasize(z.float(), weights)
+    return z.reshape(1, -1, z.shape[-1]).to(dtype=text_encoder.dtype)  # (1, K * L, D)
+
+
+def _warn_dropped(tokenizer: CLIPTokenizer, chunks: Chunks, label: str) -> None:
+    if chunks.dropped:
         log.warning(
-            "the %s is longer than the text encoder's %d tokens: its last %d token%s were dropped",
+            "the %s is longer than the text encoder's %d tokens: its last %d token%s were dropped "
+            "(without --no-long-prompts it is encoded in chunks)",
             label,
             tokenizer.model_max_length,
-            dropped,
-            "" if dropped == 1 else "s",
+            chunks.dropped,
+            "" if chunks.dropped == 1 else "s",
         )
-    tokens = tokenizer(
-        text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    )
-    # SD's CLIP encoders attend over the padding; only encoders whose config says so take the mask (as diffusers).
-    mask = (
-        tokens.attention_mask.to(text_encoder.device)
-        if getattr(text_encoder.config, "use_attention_mask", False)
-        else None
-    )
-    context = text_encoder(tokens.input_ids.to(text_encoder.device), attention_mask=mask)[0]  # (1, L, D)
-    return context.to(dtype=text_encoder.dtype)
+
+
+def encode_prompts(
+    tokenizer: CLIPTokenizer,
+    text_encoder: CLIPTextModel,
+    texts: Sequence[str],
+    labels: Sequence[str],
+    long_prompts: bool = True,
+) -> list[torch.Tensor]:
+    """The (1, K * L, D) contexts of several prompts, padded to the same number of chunks K so they batch."""
+    tokenized = [tokenize_prompt(tokenizer, text, long_prompts) for text in texts]
+    for chunks, label in zip(tokenized, labels, strict=True):
+        _warn_dropped(tokenizer, chunks, label)
+    count = max((len(chunks.input_ids) for chunks in tokenized), default=1)
+    return [encode_chunks(text_encoder, pad_chunks(tokenizer, chunks, count)) for chunks in tokenized]
+
+
+def encode_prompt(
+    tokenizer: CLIPTokenizer,
+    text_encoder: CLIPTextModel,
+    text: str,
+    label: str = "prompt",
+    long_prompts: bool = True,
+) -> torch.Tensor:
+    """The (1, K * L, D) context for one prompt: L = model_max_length tokens, D = the text encoder's width."""
+    (context,) = encode_prompts(tokenizer, text_encoder, [text], [label], long_prompts)
+    return context
