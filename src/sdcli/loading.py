@@ -1,14 +1,19 @@
-"""A model folder to components on a device: U-Net, VAE, CLIP text encoder and tokenizer, and the scheduler config.
+"""A model reference to components on a device: U-Net, VAE, CLIP text encoder and tokenizer, and the scheduler config.
 
-Components load with diffusers' and transformers' own classes, from safetensors weights only (no pickles).
-Everything the loop needs to know about the model is read from its configs here, never from constants.
+The one place that turns a model into components: a diffusers folder (built-in, local or from the Hugging Face
+cache) loads with diffusers' and transformers' own classes from safetensors weights; a single checkpoint file in
+the original layout is read by `sdcli.checkpoints`, recognised by `sdcli.architecture` and rebuilt by
+`sdcli.single_file`, offline. Everything the loop needs to know about the model is read from its configs here,
+never from constants. `--vae`, tiling, offload, channels-last and compilation are applied here too.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import diffusers
@@ -16,16 +21,33 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from sdcli.errors import Failure, reason
+from sdcli.architecture import VAE, detect, describe, vae_config
+from sdcli.checkpoints import read_checkpoint
+from sdcli.errors import Failure, UsageError, reason
 from sdcli.geometry import latent_scale, native_size
-from sdcli.references import ModelFolder
+from sdcli.references import ModelFile, ModelFolder, resolve_vae
+from sdcli.settings import Request
+from sdcli.single_file import build_text_encoder, build_unet, build_vae, clip_tokenizer, scheduler_config
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to load and run a model, beyond device and dtype; none of these changes what the model is."""
+
+    vae: Path | None = None  # another VAE: an original-layout file, a diffusers VAE folder, or a model folder
+    allow_pickle: bool = False  # read pickle checkpoints' tensors (torch.load with weights_only=True)
+    vae_tiling: bool = False  # decode in tiles (diffusers' tiled VAE decode), for large images on small GPUs
+    offload: bool = False  # keep idle components in CPU memory (accelerate), for small GPUs
+    compile: bool = False  # torch.compile the U-Net (warm-up on the first call of each shape)
 
 
 @dataclass
 class Model:
     """A loaded Stable Diffusion model, ready for inference on one device."""
 
-    reference: str  # what loads it again (see ModelFolder)
+    reference: str  # what loads it again (see ModelFolder, ModelFile)
     tokenizer: CLIPTokenizer
     text_encoder: CLIPTextModel
     unet: UNet2DConditionModel
@@ -57,8 +79,12 @@ def _load(what: str, model: ModelFolder, load: Callable[[], Any]) -> Any:
         ) from None
 
 
-def load_model(model: ModelFolder, device: torch.device, dtype: torch.dtype) -> Model:
-    """Load the five components of `model` onto `device`."""
+def vae_dtype(dtype: torch.dtype, config: Mapping[str, Any]) -> torch.dtype:
+    """The VAE runs in fp32 under fp16 weights when its config asks (`force_upcast`: SD's VAEs overflow in fp16)."""
+    return torch.float32 if dtype == torch.float16 and config.get("force_upcast", False) else dtype
+
+
+def _from_folder(model: ModelFolder, dtype: torch.dtype) -> tuple:
     folder = model.folder
     tokenizer = _load("tokenizer", model, lambda: CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"))
     text_encoder = _load(
@@ -71,20 +97,111 @@ def load_model(model: ModelFolder, device: torch.device, dtype: torch.dtype) -> 
         model,
         lambda: UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, use_safetensors=True),
     )
-    vae_config = _load("VAE config", model, lambda: AutoencoderKL.load_config(folder, subfolder="vae"))
-    vae_dtype = torch.float32 if dtype == torch.float16 and vae_config.get("force_upcast", False) else dtype
+    config = _load("VAE config", model, lambda: AutoencoderKL.load_config(folder, subfolder="vae"))
     vae = _load(
         "VAE",
         model,
-        lambda: AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=vae_dtype, use_safetensors=True),
+        lambda: AutoencoderKL.from_pretrained(
+            folder, subfolder="vae", torch_dtype=vae_dtype(dtype, config), use_safetensors=True
+        ),
     )
     # Through the model's own scheduler class, so its defaults fill the config as in diffusers' pipelines.
     scheduler_class = json.loads((folder / "model_index.json").read_text())["scheduler"][1]
-    scheduler_config = _load(
+    scheduler = _load(
         "scheduler",
         model,
         lambda: getattr(diffusers, scheduler_class).from_pretrained(folder, subfolder="scheduler").config,
     )
-    for module in (text_encoder, unet, vae):
-        module.to(device).eval().requires_grad_(False)
-    return Model(model.reference, tokenizer, text_encoder, unet, vae, scheduler_config, device, dtype)
+    return tokenizer, text_encoder, unet, vae, scheduler
+
+
+def _from_file(model: ModelFile, dtype: torch.dtype, has_vae: bool) -> tuple:
+    source = str(model.path)
+    tensors = read_checkpoint(model.path, model.allow_pickle)
+    arch = detect(tensors, source)
+    if arch.vae is None and not has_vae:
+        raise UsageError(f"{source} holds no VAE (first_stage_model.*); pass one with --vae FILE_OR_FOLDER")
+    log.info("%s: %s, %s, %dx%d", source, arch.family.title, arch.prediction_type, arch.native_size, arch.native_size)
+    unet = build_unet(arch, tensors, source).to(dtype)
+    text_encoder = build_text_encoder(arch, tensors, source).to(dtype)
+    vae = build_vae(arch.vae, tensors, source) if arch.vae and not has_vae else None
+    if vae is not None:
+        vae.to(vae_dtype(dtype, vae.config))
+    return clip_tokenizer(arch.family), text_encoder, unet, vae, scheduler_config(arch.family, arch.prediction_type)
+
+
+def load_vae(path: Path, dtype: torch.dtype, native: int, allow_pickle: bool = False) -> AutoencoderKL:
+    """A VAE from a diffusers VAE folder, a diffusers model folder (its vae/), or an original-layout file."""
+    if path.is_dir():
+        subfolder = "" if (path / "config.json").is_file() else "vae"
+        source = ModelFolder(str(path), path)
+        config = _load("VAE config", source, lambda: AutoencoderKL.load_config(path, subfolder=subfolder))
+        return _load(
+            "VAE",
+            source,
+            lambda: AutoencoderKL.from_pretrained(
+                path, subfolder=subfolder, torch_dtype=vae_dtype(dtype, config), use_safetensors=True
+            ),
+        )
+    tensors = read_checkpoint(path, allow_pickle)
+    prefix = VAE if any(k.startswith(VAE) for k in tensors) else ""
+    if prefix + "encoder.conv_in.weight" not in tensors or prefix + "encoder.down.0.block.0.conv1.weight" not in tensors:
+        layout = "a VAE in diffusers layout: pass its folder (with config.json) instead" if any(
+            k.startswith("encoder.down_blocks.") for k in tensors
+        ) else "not a VAE in the original layout (encoder.down.*, decoder.up.*)"
+        raise UsageError(f"--vae {path} holds {describe(tensors)}; it is {layout}")
+    vae = build_vae(vae_config(tensors, prefix, native), tensors, str(path))
+    return vae.to(vae_dtype(dtype, vae.config))
+
+
+def _speed_up(model: Model, options: LoadOptions) -> None:
+    """Memory layout, tiling, offload and compilation: the options that change how fast, not what, a model makes."""
+    if model.device.type == "cuda":
+        # Convolutions in NHWC run on tensor cores without transposes; on the CPU it would change fp32 rounding.
+        model.unet.to(memory_format=torch.channels_last)
+        model.vae.to(memory_format=torch.channels_last)
+    if options.vae_tiling:
+        model.vae.enable_tiling()
+    if options.offload:
+        from accelerate import cpu_offload_with_hook
+
+        hook = None
+        for module in (model.text_encoder, model.unet, model.vae):  # the order they run in: each evicts the last
+            _, hook = cpu_offload_with_hook(module, model.device, prev_module_hook=hook)
+    if options.compile:
+        model.unet.compile(dynamic=False)
+
+
+def load_model(
+    model: ModelFolder | ModelFile, device: torch.device, dtype: torch.dtype, options: LoadOptions = LoadOptions()
+) -> Model:
+    """Load the five components of `model` onto `device`."""
+    if options.offload and device.type != "cuda":
+        raise UsageError("--offload keeps idle components in CPU memory while a GPU runs; it needs --device cuda")
+    if isinstance(model, ModelFile):
+        tokenizer, text_encoder, unet, vae, scheduler = _from_file(model, dtype, options.vae is not None)
+    else:
+        tokenizer, text_encoder, unet, vae, scheduler = _from_folder(model, dtype)
+    if options.vae is not None:
+        native = native_size(unet.config, vae.config)[0] if vae else unet.config.sample_size * 8  # SD's VAE: 8
+        vae = load_vae(options.vae, dtype, native, options.allow_pickle)
+    modules = (text_encoder, unet, vae)
+    for module in modules:
+        module.eval().requires_grad_(False)
+        if not options.offload:
+            module.to(device)
+    loaded = Model(model.reference, tokenizer, text_encoder, unet, vae, scheduler, device, dtype)
+    _speed_up(loaded, options)
+    return loaded
+
+
+
+def load_options(request: Request) -> LoadOptions:
+    """A request's loading and speed options, its `--vae` checked to exist."""
+    return LoadOptions(
+        vae=resolve_vae(request.vae, request.allow_pickle) if request.vae else None,
+        allow_pickle=request.allow_pickle,
+        vae_tiling=request.vae_tiling,
+        offload=request.offload,
+        compile=request.compile,
+    )

@@ -1,6 +1,8 @@
-"""Model references to folders: a diffusers folder, a built-in model's name, or a Hugging Face repo id.
+"""Model references to folders or files: a diffusers folder, a single checkpoint file, a built-in model's name, or a
+Hugging Face repo id.
 
-A reference is tried in that order: a path that exists; the name of a built-in model (a folder with a
+A reference is tried in that order: a path that exists (a folder, or a `.safetensors` file in the original
+CompVis/Stability layout; pickles only with `allow_pickle`); the name of a built-in model (a folder with a
 `model_index.json` under `sdcli/models/`, shipped inside the package); a repo id (`owner/name`), looked up in
 huggingface_hub's local cache first and downloaded only when it is not there and `HF_HUB_OFFLINE` is not set.
 No torch here: listing or checking models stays fast.
@@ -26,10 +28,54 @@ _HUB_ALLOW = ["model_index.json", *(f"{name}/*" for name in REQUIRED_COMPONENTS)
 _HUB_IGNORE = ["*.bin", "*.ckpt", "*.pt", "*.msgpack", "*.onnx", "*.h5", "*.pb", "*.fp16.*", "*non_ema*"]
 
 
+SAFETENSORS = (".safetensors", ".sft")
+PICKLES = (".ckpt", ".pt", ".pth", ".bin")
+
+
 @dataclass(frozen=True)
 class ModelFolder:
     reference: str  # what loads it again: a built-in name, an absolute folder path, or a repo id
     folder: Path  # a diffusers folder with a model_index.json
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    reference: str  # the file's absolute path
+    path: Path  # a single checkpoint in the original layout
+    allow_pickle: bool = False  # load a pickle's tensors (torch.load with weights_only=True)
+
+
+def refuse_pickle(path: Path) -> None:
+    raise UsageError(
+        f"{path} is a pickle checkpoint ({path.suffix}): unpickling can run any code the file carries, so sdcli "
+        "does not load it by default; convert it to .safetensors with a tool you trust, or pass --allow-pickle "
+        "to load only its tensors (torch.load with weights_only=True)"
+    )
+
+
+def check_checkpoint_file(path: Path, allow_pickle: bool) -> None:
+    """A usage error unless `path` is a file whose suffix sdcli reads (a pickle only when allowed)."""
+    suffix = path.suffix.lower()
+    if suffix in PICKLES and not allow_pickle:
+        refuse_pickle(path)
+    if suffix not in SAFETENSORS + PICKLES:
+        raise UsageError(
+            f"{path} is a file but not a checkpoint sdcli reads (suffix {suffix or 'none'}); pass a .safetensors "
+            "checkpoint, a diffusers model folder (model_index.json), a repo id, or a built-in model name"
+        )
+
+
+def resolve_vae(reference: str, allow_pickle: bool = False) -> Path:
+    """The VAE `--vae` names: a checkpoint file, a diffusers VAE folder (config.json), or a model folder (vae/)."""
+    path = Path(reference).expanduser().resolve()
+    if path.is_file():
+        check_checkpoint_file(path, allow_pickle)
+    elif path.is_dir():
+        if not (path / "config.json").is_file() and not (path / "vae" / "config.json").is_file():
+            raise UsageError(f"--vae {reference}: no config.json (or vae/config.json) in it; pass a VAE folder or file")
+    else:
+        raise UsageError(f"--vae {reference} does not exist; pass a VAE .safetensors file or a diffusers VAE folder")
+    return path
 
 
 def builtin_root() -> Path:
@@ -49,7 +95,7 @@ def check_sd_folder(folder: Path) -> None:
     """A usage error unless `folder` holds a Stable Diffusion 1.x/2.x model in diffusers format."""
     index_file = folder / "model_index.json"
     if not folder.is_dir():
-        raise UsageError(f"model {folder} is a file, not a folder; pass a diffusers model folder (model_index.json)")
+        raise UsageError(f"model {folder} is not a folder; pass a diffusers model folder (model_index.json)")
     if not index_file.is_file():
         raise UsageError(
             f"{folder} is not a Stable Diffusion model in diffusers format (no model_index.json); "
@@ -91,9 +137,13 @@ def _from_hub(repo_id: str) -> Path:
         ) from None
 
 
-def resolve_model(reference: str) -> ModelFolder:
-    """The folder that `reference` names, checked to be a Stable Diffusion model; errors that say what to pass."""
+def resolve_model(reference: str, allow_pickle: bool = False) -> ModelFolder | ModelFile:
+    """The folder or file that `reference` names, checked as far as can be without reading weights; errors that
+    say what to pass."""
     path = Path(reference).expanduser()
+    if path.is_file():
+        check_checkpoint_file(path.resolve(), allow_pickle)
+        return ModelFile(str(path.resolve()), path.resolve(), allow_pickle)
     if path.exists():
         folder = path.resolve()
         check_sd_folder(folder)

@@ -1,0 +1,58 @@
+"""A single checkpoint file to its tensors: safetensors always, pickles (`.ckpt`, `.pt`, `.pth`, `.bin`) only when
+asked, and then through `torch.load(weights_only=True)`, which refuses to run the code a pickle may carry.
+
+Every way a file can fail to be a checkpoint ends in one line that says what was found.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+from sdcli.errors import Failure, UsageError, reason
+from sdcli.references import SAFETENSORS, check_checkpoint_file
+
+Tensors = dict[str, torch.Tensor]
+
+
+def _read_safetensors(path: Path) -> Tensors:
+    try:
+        return load_file(path, device="cpu")
+    except SafetensorError as error:
+        found = reason(error).removeprefix("Error while deserializing header: ")
+        if "not fully covered" in found or "too small" in found and path.stat().st_size > 0:
+            what = f"is truncated ({path.stat().st_size} bytes, fewer than its header promises)"
+        elif path.stat().st_size == 0:
+            what = "is empty"
+        else:
+            what = f"is not a safetensors file ({found})"
+        raise UsageError(f"{path} {what}; download it again or pass a complete .safetensors checkpoint") from None
+
+
+def _read_pickle(path: Path) -> Tensors:
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - truncated, not a pickle, or a pickle with more than tensors
+        raise Failure(
+            f"{path} did not load as tensors with torch.load(weights_only=True) ({reason(error)}); "
+            "it is not a checkpoint, is truncated, or holds objects besides tensors: convert it with a tool you trust"
+        ) from None
+    for key in ("state_dict", "model"):  # Lightning and some trainers nest the weights one level down
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict):
+        raise UsageError(f"{path} holds a {type(loaded).__name__}, not a dictionary of tensors; pass a checkpoint")
+    return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+
+def read_checkpoint(path: Path, allow_pickle: bool = False) -> Tensors:
+    """All tensors of the checkpoint at `path`, on the CPU, in the dtype they were saved in."""
+    check_checkpoint_file(path, allow_pickle)
+    suffix = path.suffix.lower()
+    tensors = _read_safetensors(path) if suffix in SAFETENSORS else _read_pickle(path)
+    if not tensors:
+        raise UsageError(f"{path} holds no tensors; pass a Stable Diffusion checkpoint")
+    return tensors
