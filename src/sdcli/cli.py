@@ -25,7 +25,7 @@ from sdcli.geometry import native_size
 from sdcli.metadata import INFOTEXT_KEY, read_chunks, settings_from_png
 from sdcli.references import builtin_models
 from sdcli.samplers import NAMES, SAMPLERS
-from sdcli.settings import DEFAULT_MODEL, DEVICES, DTYPES, Output, Request, random_seed
+from sdcli.settings import DEFAULT_MODEL, DEVICES, DTYPES, NEG_MODES, Output, Request, random_seed
 
 MODEL_ENV = "SDCLI_MODEL"
 DEBUG_ENV = "SDCLI_DEBUG"
@@ -34,6 +34,7 @@ DEBUG_ENV = "SDCLI_DEBUG"
 SamplerName = enum.Enum("SamplerName", {name: name for name in NAMES}, type=str)
 DeviceName = enum.Enum("DeviceName", {name: name for name in DEVICES}, type=str)
 DtypeName = enum.Enum("DtypeName", {name: name for name in DTYPES}, type=str)
+NegMode = enum.Enum("NegMode", {name: name for name in NEG_MODES}, type=str)
 
 
 class OneLineErrors(TyperGroup):
@@ -122,7 +123,51 @@ def generate(
             show_default=f"${MODEL_ENV}, else {DEFAULT_MODEL}",
         ),
     ] = None,
-    neg: Annotated[str | None, typer.Option("--neg", help="Negative prompt (the unconditional branch).")] = None,
+    neg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--neg",
+            help="Negative prompt. replace mode: the unconditional branch; separate mode: a term of its own, "
+            "and --neg may be given several times.",
+        ),
+    ] = None,
+    neg_mode: Annotated[
+        NegMode | None,
+        typer.Option(
+            help="replace: the negative prompt is the unconditional branch; separate: eps_empty + w (eps_pos - "
+            "eps_empty) - w_neg (eps_neg - eps_empty) for each --neg.",
+            show_default=DEFAULTS["neg_mode"],
+        ),
+    ] = None,
+    neg_scale: Annotated[
+        float | None, typer.Option(help="w_neg of each negative (separate mode).", show_default="--cfg")
+    ] = None,
+    cfg_rescale: Annotated[
+        float | None,
+        typer.Option(
+            metavar="PHI",
+            help="CFG rescale phi, 0 to 1 (Lin et al. 2023); 0.7 is typical for v-prediction models.",
+            show_default="0: off",
+        ),
+    ] = None,
+    guidance_interval: Annotated[
+        str | None,
+        typer.Option(
+            metavar="LO,HI",
+            help="Guide only while the noise level is in [LO, HI], else run the conditional pass alone "
+            "(Kynkäänniemi et al. 2024). Plain numbers are sigmas (SD runs from about 14.6 to 0.03), e.g. "
+            "0.28,5.42; percentages are of the schedule, 0% the noisy start, e.g. 20%,80%.",
+            show_default="every step",
+        ),
+    ] = None,
+    long_prompts: Annotated[
+        bool | None,
+        typer.Option(
+            "--long-prompts/--no-long-prompts",
+            help="Encode prompts over 75 tokens in 75-token chunks; --no-long-prompts truncates them (a warning).",
+            show_default="long",
+        ),
+    ] = None,
     cfg: Annotated[float | None, typer.Option(help="Guidance scale w.", show_default=str(DEFAULTS["cfg"]))] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps.", show_default=str(DEFAULTS["steps"]))] = None,
     sampler: Annotated[
@@ -181,7 +226,13 @@ def generate(
     given = {
         "prompt": _read_prompt(prompt),
         "model": model,
-        "negative_prompt": neg,
+        "negative_prompt": neg[0] if neg else None,
+        "extra_negative_prompts": tuple(neg[1:]) if neg else None,
+        "neg_mode": neg_mode.value if neg_mode else None,
+        "neg_scale": neg_scale,
+        "cfg_rescale": cfg_rescale,
+        "guidance_interval": guidance_interval,
+        "long_prompts": long_prompts,
         "cfg": cfg,
         "steps": steps,
         "sampler": sampler.value if sampler else None,
@@ -289,6 +340,182 @@ def train_shapes(
     target = out or builtin_root() / "shapes"
     train(target, work_dir, config)
     print(target)
+
+
+# Options the workflow commands share with `generate` (same names, same meaning).
+ModelOption = Annotated[
+    str | None,
+    typer.Option("--model", "-m", help="Diffusers folder, Hugging Face repo id, or built-in model name.",
+                 show_default=f"${MODEL_ENV}, else {DEFAULT_MODEL}"),
+]  # fmt: skip
+NegOption = Annotated[str | None, typer.Option("--neg", help="Negative prompt (the unconditional branch).")]
+StepsOption = Annotated[int | None, typer.Option(help="Denoising steps.", show_default=str(DEFAULTS["steps"]))]
+WidthOption = Annotated[int | None, typer.Option(help="Width in pixels.", show_default="the model's")]
+HeightOption = Annotated[int | None, typer.Option(help="Height in pixels.", show_default="the model's")]
+BatchOption = Annotated[int | None, typer.Option(help="Images per U-Net call.", show_default="1")]
+DeviceOption = Annotated[
+    DeviceName | None, typer.Option(help="Device; auto: CUDA if present, else CPU.", show_default="auto")
+]
+DtypeOption = Annotated[
+    DtypeName | None, typer.Option(help="Weights' dtype; auto: fp16 on a GPU, fp32 on the CPU.", show_default="auto")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object per image instead of its path.")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages on stderr.")]
+
+
+@app.command("sweep-guidance")
+def sweep_guidance(
+    prompt: Annotated[str, typer.Argument(help="The prompt; - reads it from stdin.", show_default=False)],
+    cfg: Annotated[
+        str, typer.Option("--cfg", help="Guidance scales (columns): a list 1,3,7.5 or a range start:stop:step.")
+    ] = "1,3,5,7.5,10",
+    seeds: Annotated[
+        str, typer.Option(help="Seeds (rows): a count N (--seed .. --seed+N-1) or a list 1,5,9.")
+    ] = "4",
+    seed: Annotated[int | None, typer.Option(help="First seed for a count of --seeds.", show_default="random")] = None,
+    sampler: Annotated[
+        str | None,
+        typer.Option(metavar="NAME[,NAME...]", help="Sampler; several names: a second axis, as rows.",
+                     show_default=DEFAULTS["sampler"]),
+    ] = None,  # fmt: skip
+    neg_scale: Annotated[
+        str | None, typer.Option(help="Negative-prompt scales as a second axis (rows): a list or a range.")
+    ] = None,
+    model: ModelOption = None,
+    neg: NegOption = None,
+    steps: StepsOption = None,
+    width: WidthOption = None,
+    height: HeightOption = None,
+    batch_size: BatchOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    clip_model: Annotated[
+        Path | None, typer.Option(help="A local CLIP model folder (transformers CLIPModel) for CLIP scores.")
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Folder for the sweep.", show_default="outputs/sweep-<seed>-<prompt>")
+    ] = None,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
+) -> None:
+    """Sweep the guidance scale: a labelled contact sheet, per-image and per-scale metrics, and their plot."""
+    from sdcli.outputs import image_name
+    from sdcli.sweep import Sweep, parse_numbers, parse_seeds, parse_words, run
+
+    interactive = sys.stderr.isatty() and not quiet
+    setup_logging(verbose=interactive)
+    samplers = parse_words(sampler) if sampler else ()
+    given = {
+        "prompt": _read_prompt(prompt),
+        "model": model,
+        "negative_prompt": neg,
+        "steps": steps,
+        "sampler": samplers[0] if samplers else None,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "batch_size": batch_size,
+        "device": device.value if device else None,
+        "dtype": dtype.value if dtype else None,
+    }
+    base = build_request(given, None)
+    axis, values = None, ()
+    if len(samplers) > 1:
+        axis, values = "sampler", samplers
+    if neg_scale is not None:
+        if axis is not None:
+            raise UsageError("--sampler with several names and --neg-scale are both a second axis; give one")
+        if "neg_scale" not in DEFAULTS:
+            raise UsageError("--neg-scale needs a sdcli with separate negative guidance (`generate --neg-scale`)")
+        axis, values = "neg_scale", parse_numbers(neg_scale, "--neg-scale")
+    plan = Sweep(base, parse_numbers(cfg, "--cfg"), parse_seeds(seeds, base.seed), axis, values)
+    folder = out_dir or Path("outputs") / f"sweep-{image_name(base.prompt, base.seed).removesuffix('.png')}"
+    with step_progress(interactive) as on_step:
+        for path, row in run(plan, folder, overwrite, clip_model, on_step, None if quiet else _stderr_block):
+            print(json.dumps(row or {"path": str(path)}) if as_json else str(path), flush=True)
+
+
+def _stderr_block(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+@app.command()
+def batch(
+    file: Annotated[str, typer.Argument(help="Prompt file: .txt, .jsonl or .csv; - reads stdin.", show_default=False)],
+    file_format: Annotated[
+        str | None,
+        typer.Option("--format", help="txt, jsonl or csv.", show_default="from the file's name; txt for stdin"),
+    ] = None,
+    model: ModelOption = None,
+    neg: NegOption = None,
+    cfg: Annotated[float | None, typer.Option(help="Guidance scale w.", show_default=str(DEFAULTS["cfg"]))] = None,
+    steps: StepsOption = None,
+    sampler: Annotated[
+        SamplerName | None,
+        typer.Option(metavar="NAME", help="Sampler (see `sdcli samplers`).", show_default=DEFAULTS["sampler"]),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of each line's first image, unless the line gives one.")] = 0,
+    width: WidthOption = None,
+    height: HeightOption = None,
+    num_images: Annotated[
+        int | None, typer.Option("--num-images", "-n", help="Images per line.", show_default="1")
+    ] = None,
+    batch_size: BatchOption = None,
+    device: DeviceOption = None,
+    dtype: DtypeOption = None,
+    out_dir: Annotated[Path, typer.Option(help="Folder for the images and manifest.jsonl.")] = Path("outputs/batch"),
+    skip_invalid: Annotated[
+        bool, typer.Option("--skip-invalid", help="Skip invalid lines (with a warning) instead of stopping.")
+    ] = False,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Remake images already in the folder.")] = False,
+) -> None:
+    """Make the images of a prompt file; a rerun resumes. Print each written path (or JSON object) on stdout."""
+    import signal
+
+    from sdcli.batch import FORMATS, file_format as guess_format, run
+
+    interactive = sys.stderr.isatty() and not quiet
+    setup_logging(verbose=interactive)
+    if file_format is not None and file_format not in FORMATS:
+        raise UsageError(f"--format {file_format}: use one of {', '.join(FORMATS)}")
+    fmt = guess_format(file, file_format)
+    if file == "-":
+        text = sys.stdin.read()
+    else:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise UsageError(f"{file} does not exist; give a prompt file (.txt, .jsonl, .csv) or - for stdin") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(f"cannot read {file} ({reason(error)}); give a UTF-8 text file") from None
+    given = {
+        "model": model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL,
+        "negative_prompt": neg,
+        "cfg": cfg,
+        "steps": steps,
+        "sampler": sampler.value if sampler else None,
+        "seed": seed,
+        "width": width,
+        "height": height,
+        "num_images": num_images,
+        "batch_size": batch_size,
+        "device": device.value if device else None,
+        "dtype": dtype.value if dtype else None,
+    }
+    defaults = {key: value for key, value in given.items() if value is not None}
+
+    def on_image(path: Path, row: dict[str, Any]) -> None:
+        print(json.dumps(row) if as_json else str(path), flush=True)
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # unwinds like Ctrl-C: the image being written is removed, the manifest stays whole
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    run(text, "stdin" if file == "-" else file, fmt, defaults, out_dir, skip_invalid, overwrite, on_image,
+        None if quiet else _stderr_block, interactive)  # fmt: skip
 
 
 @app.command()

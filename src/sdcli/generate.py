@@ -22,12 +22,13 @@ from PIL import Image
 from sdcli.denoise import StepCallback, denoise, initial_noise, unet_denoiser
 from sdcli.devices import DTYPE_NAMES, resolve_device, resolve_dtype
 from sdcli.geometry import check_size
-from sdcli.guidance import guided, needs_unconditional
+from sdcli.guidance import CountedDenoiser, guide_within, guided, needs_unconditional
 from sdcli.images import decode, to_pil
+from sdcli.intervals import parse_interval
 from sdcli.loading import Model, load_model, load_options
 from sdcli.metadata import encode_png
 from sdcli.outputs import plan_paths, write_atomic
-from sdcli.prompts import encode_prompt
+from sdcli.prompts import encode_prompts
 from sdcli.references import resolve_model
 from sdcli.samplers import get_sampler
 from sdcli.schedule import Schedule, build_scheduler
@@ -41,10 +42,16 @@ class Generated:
     record: ImageRecord  # the settings that remake this image alone
     image: Image.Image
     seconds: float  # wall time of its batch, shared equally among the batch's images
+    unet_evaluations: int = 0  # U-Net evaluations made for this image (one per branch per model call)
 
     def result(self, path: Path) -> dict:
         """The JSON object `--json` prints and a batch manifest records for this image written at `path`."""
-        return {"path": str(path), **self.record.as_dict(), "seconds": round(self.seconds, 3)}
+        return {
+            "path": str(path),
+            **self.record.as_dict(),
+            "seconds": round(self.seconds, 3),
+            "unet_evaluations": self.unet_evaluations,
+        }
 
 
 def _batches(seeds: list[int], size: int) -> Iterator[list[int]]:
@@ -61,15 +68,29 @@ def make_images(model: Model, request: Request, on_step: StepCallback | None = N
     scheduler = build_scheduler(get_sampler(request.sampler), model.scheduler_config)
     latent_shape = (model.latent_channels, height // model.latent_scale, width // model.latent_scale)  # (C, h, w)
 
-    if request.negative_prompt and not needs_unconditional(request.cfg):
+    # Branches: conditional; unconditional (the negative prompt in replace mode, else the empty prompt) unless
+    # w = 1 needs none; each separate negative whose scale is not 0.
+    neg_scale = request.cfg if request.neg_scale is None else request.neg_scale  # w_neg
+    negatives = request.separate_negatives if neg_scale != 0 else ()
+    with_uncond = needs_unconditional(request.cfg, neg_scale, len(negatives))
+    if request.negative_prompt and request.neg_mode == "replace" and not with_uncond:
         log.warning("at --cfg 1 only the conditional branch runs: the negative prompt has no effect")
-    context = encode_prompt(model.tokenizer, model.text_encoder, request.prompt)  # (1, L, D)
-    uncond_context = (
-        encode_prompt(model.tokenizer, model.text_encoder, request.negative_prompt, "negative prompt")
-        if needs_unconditional(request.cfg)
+    texts = [request.prompt]
+    labels = ["prompt"]
+    if with_uncond:
+        texts.append(request.negative_prompt if request.neg_mode == "replace" else "")
+        labels.append("negative prompt" if request.neg_mode == "replace" else "empty prompt")
+    texts += negatives
+    labels += [f"negative prompt {i + 1}" for i in range(len(negatives))]
+    # (1, L, D) each; L = 77 per chunk, the same for all prompts
+    context, *others = encode_prompts(model.tokenizer, model.text_encoder, texts, labels, request.long_prompts)
+    uncond_context = others.pop(0) if with_uncond else None
+    negative_contexts = others  # (1, L, D) each
+    guide_at = (
+        guide_within(parse_interval(request.guidance_interval), scheduler.alphas_cumprod)
+        if request.guidance_interval is not None
         else None
     )
-    denoiser = unet_denoiser(model.unet)
     batches = list(_batches(request.seeds, request.batch_size))
 
     def report(batch_index: int, done: int, per_batch: int) -> None:
@@ -80,12 +101,17 @@ def make_images(model: Model, request: Request, on_step: StepCallback | None = N
         start = time.perf_counter()
         n = len(seeds)
         schedule = Schedule(scheduler, request.steps, model.device)
+        denoiser = CountedDenoiser(unet_denoiser(model.unet))
         predict = partial(
             guided,
             denoiser,
             context=context.repeat(n, 1, 1),  # (n, L, D)
             uncond_context=None if uncond_context is None else uncond_context.repeat(n, 1, 1),
             scale=request.cfg,
+            negative_contexts=[c.repeat(n, 1, 1) for c in negative_contexts],
+            neg_scale=neg_scale,
+            rescale=request.cfg_rescale,
+            guide_at=guide_at,
         )
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         noise = initial_noise(generators, latent_shape, model.device, model.dtype)  # (n, C, h, w)
@@ -106,8 +132,14 @@ def make_images(model: Model, request: Request, on_step: StepCallback | None = N
                 device=model.device.type,
                 dtype=DTYPE_NAMES[model.dtype],
                 vae=request.vae,
+                extra_negative_prompts=request.extra_negative_prompts,
+                neg_mode=request.neg_mode,
+                neg_scale=request.neg_scale,
+                cfg_rescale=request.cfg_rescale,
+                guidance_interval=request.guidance_interval,
+                long_prompts=request.long_prompts,
             )
-            yield Generated(record, image, seconds)
+            yield Generated(record, image, seconds, denoiser.evaluations // n)
 
 
 def load_for(request: Request) -> Model:

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from sdcli.errors import UsageError
+from sdcli.intervals import parse_interval
 from sdcli.samplers import get_sampler
 
 DEFAULT_MODEL = "shapes"  # the built-in model, used when neither --model nor $SDCLI_MODEL names one
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
+NEG_MODES = ("replace", "separate")  # the negative prompt as the unconditional branch, or as terms of their own
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 
 
@@ -31,6 +33,39 @@ def _is_int(value: Any) -> bool:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise UsageError(message)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_guidance(request: Request) -> None:
+    """The guidance and prompt settings of a request (JSON gives lists: the negatives become a tuple)."""
+    negatives = request.extra_negative_prompts
+    _check(
+        isinstance(negatives, (list, tuple)) and all(isinstance(n, str) for n in negatives),
+        "--neg must be text",
+    )
+    object.__setattr__(request, "extra_negative_prompts", tuple(negatives))
+    _check(request.neg_mode in NEG_MODES, f"--neg-mode must be one of {', '.join(NEG_MODES)}, not {request.neg_mode!r}")
+    if request.neg_mode == "replace":
+        _check(
+            not negatives,
+            "several --neg need --neg-mode separate (in replace mode the one negative prompt is the unconditional "
+            "branch); give one --neg, or add --neg-mode separate",
+        )
+        _check(request.neg_scale is None, "--neg-scale needs --neg-mode separate; add it, or leave out --neg-scale")
+    _check(
+        request.neg_scale is None or _is_number(request.neg_scale),
+        f"--neg-scale must be a finite number, not {request.neg_scale!r}; for example --neg-scale 4",
+    )
+    _check(
+        _is_number(request.cfg_rescale) and 0 <= request.cfg_rescale <= 1,
+        f"--cfg-rescale must be a number from 0 to 1, not {request.cfg_rescale!r}; for example --cfg-rescale 0.7",
+    )
+    if request.guidance_interval is not None:
+        parse_interval(request.guidance_interval)
+    _check(isinstance(request.long_prompts, bool), "long_prompts must be true or false")
 
 
 @dataclass(frozen=True)
@@ -55,8 +90,16 @@ class Request:
     vae_tiling: bool = False  # how to run, not what to make: tiled VAE decode, CPU offload, torch.compile
     offload: bool = False
     compile: bool = False
+    # Guidance beyond plain CFG (sdcli.guidance) and prompt encoding (sdcli.prompts).
+    extra_negative_prompts: tuple[str, ...] = ()  # negatives after the first; only with neg_mode "separate"
+    neg_mode: str = "replace"  # one of NEG_MODES
+    neg_scale: float | None = None  # w_neg of each separate negative; None: the guidance scale w
+    cfg_rescale: float = 0.0  # phi of CFG rescale (Lin et al. 2023), 0 to 1; 0: off
+    guidance_interval: str | None = None  # "LO,HI" (sigmas) or "LO%,HI%" (of the schedule) as typed; None: always
+    long_prompts: bool = True  # prompts over the encoder's length in 75-token chunks; False: truncated
 
     def __post_init__(self) -> None:
+        _check_guidance(self)
         _check(isinstance(self.prompt, str), "the prompt must be text")
         _check(isinstance(self.negative_prompt, str), "--neg must be text")
         _check(
@@ -93,6 +136,13 @@ class Request:
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.num_images)]
 
+    @property
+    def separate_negatives(self) -> tuple[str, ...]:
+        """The negative prompts that are terms of their own (neg_mode "separate"; empty ones subtract nothing)."""
+        if self.neg_mode != "separate":
+            return ()
+        return tuple(n for n in (self.negative_prompt, *self.extra_negative_prompts) if n)
+
 
 @dataclass(frozen=True)
 class ImageRecord:
@@ -110,9 +160,16 @@ class ImageRecord:
     device: str  # the device and dtype it ran on, as resolved ("cpu", "fp32")
     dtype: str
     vae: str | None = None  # the --vae in place of the model's own, if any
+    extra_negative_prompts: tuple[str, ...] = ()  # guidance and prompt settings, as in Request
+    neg_mode: str = "replace"
+    neg_scale: float | None = None
+    cfg_rescale: float = 0.0
+    guidance_interval: str | None = None
+    long_prompts: bool = True
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The record as JSON holds it (tuples as lists)."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
 
     @property
     def model_name(self) -> str:
