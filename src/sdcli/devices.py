@@ -1,6 +1,9 @@
-"""Device and dtype choice: `auto` means CUDA in fp16 when there is a CUDA device, else the CPU in fp32."""
+"""Device and dtype choice: `auto` means CUDA in fp16 when there is a CUDA device, else the CPU, in bf16 when the
+processor has bf16 matrix units (Intel AMX: a U-Net step about 3x faster than fp32) and in fp32 otherwise."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from accelerate import PartialState
@@ -26,8 +29,21 @@ def resolve_device(choice: str) -> torch.device:
     return PartialState().device
 
 
+def cpu_has_bf16_matrix_units() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX), as torch's own dispatch or /proc/cpuinfo says."""
+    if "AMX" in torch.backends.cpu.get_cpu_capability().upper():
+        return True
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
 def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """The weights' dtype for `--dtype` (auto, fp32, fp16, bf16): auto is fp16 on an accelerator, fp32 on the CPU."""
+    """The weights' dtype for `--dtype` (auto, fp32, fp16, bf16): auto is fp16 on an accelerator, on the CPU bf16
+    where it has bf16 matrix units and fp32 elsewhere."""
     if choice == "auto":
-        return torch.float32 if device.type == "cpu" else torch.float16
+        if device.type != "cpu":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_bf16_matrix_units() else torch.float32
     return DTYPES[choice]

@@ -2,16 +2,53 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
+from sdcli.errors import Failure
+
+log = logging.getLogger(__name__)
+
+
+DECODER_BYTES_PER_PIXEL = 128 * 4 * 6  # SD's decoder at full size: 128 channels, fp32, a few live activations
+
+
+def _fits(vae: AutoencoderKL, z: torch.Tensor) -> bool:
+    """Whether one image's decode fits in the GPU's free memory (on the CPU: always, as far as we can tell)."""
+    if z.device.type != "cuda" or vae.use_tiling:
+        return True
+    pixels = z.shape[-2] * z.shape[-1] * 2 ** (2 * (len(vae.config.block_out_channels) - 1))
+    return pixels * DECODER_BYTES_PER_PIXEL < torch.cuda.mem_get_info(z.device)[0]
+
 
 @torch.inference_mode()
 def decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """Latents (B, C, h, w) to images (B, 3, H, W) in about [-1, 1], undoing the VAE's `scaling_factor`."""
-    z = latents.to(vae.dtype) / vae.config.scaling_factor
-    return vae.decode(z, return_dict=False)[0]
+    """Latents (B, C, h, w) to images (B, 3, H, W) in about [-1, 1], undoing the VAE's `scaling_factor`.
+
+    One image at a time (a batch's peak memory is one image's; the pixels are those of a batch of one). A decode
+    that overflows to NaN or inf in half precision (SD's VAEs do in fp16) is redone in fp32, with a warning; the
+    VAE stays in fp32 for the rest of the run. Tiled when the GPU would not hold the whole decode."""
+    images = []
+    for one in latents.split(1):  # (1, C, h, w)
+        z = one.to(vae.dtype) / vae.config.scaling_factor
+        if not _fits(vae, z):
+            log.warning("decoding a %dx%d-latent image in tiles: the whole would not fit in GPU memory", *z.shape[-2:])
+            vae.enable_tiling()
+        image = vae.decode(z, return_dict=False)[0]  # (1, 3, H, W)
+        if not torch.isfinite(image).all() and vae.dtype != torch.float32:
+            log.warning("the VAE decode in %s gave NaN or inf; decoding again in fp32", str(vae.dtype).removeprefix("torch."))
+            vae.to(torch.float32)
+            image = vae.decode(one.float() / vae.config.scaling_factor, return_dict=False)[0]
+        if not torch.isfinite(image).all():
+            raise Failure(
+                "the image came out NaN or inf even with an fp32 VAE decode: the denoising overflowed; "
+                "rerun with --dtype fp32 (or bf16)"
+            )
+        images.append(image)
+    return torch.cat(images)  # (B, 3, H, W)
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

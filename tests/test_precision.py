@@ -1,0 +1,70 @@
+"""Precision: what `--dtype auto` picks, and a VAE decode that overflows is redone in fp32, never saved black."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_bad_input import refused
+from typer.testing import CliRunner
+
+from sdcli import devices
+from sdcli.cli import app
+from sdcli.errors import Failure
+from sdcli.images import decode
+from sdcli.loading import Model
+
+
+@pytest.mark.parametrize("amx, expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_on_the_cpu_is_bf16_only_with_bf16_matrix_units(monkeypatch: pytest.MonkeyPatch, amx, expected):
+    monkeypatch.setattr(devices, "cpu_has_bf16_matrix_units", lambda: amx)
+    assert devices.resolve_dtype("auto", torch.device("cpu")) == expected
+    assert devices.resolve_dtype("fp32", torch.device("cpu")) == torch.float32
+    assert devices.resolve_dtype("auto", torch.device("cuda")) == torch.float16
+
+
+def test_an_overflowing_half_precision_decode_is_redone_in_fp32(loaded: Model, caplog: pytest.LogCaptureFixture):
+    vae = copy.deepcopy(loaded.vae)
+    with torch.no_grad():
+        vae.post_quant_conv.weight.mul_(3000)  # fine in fp32; past fp16's 65504 once multiplied by the latents
+    latents = torch.full((2, 4, 4, 4), 30.0)
+    half = vae.half()
+    want = decode(copy.deepcopy(half).float(), latents)  # the same (fp16-rounded) weights in fp32
+    assert torch.isfinite(want).all()
+    with caplog.at_level(logging.WARNING):
+        got = decode(half, latents.half())
+    assert "decoding again in fp32" in caplog.text
+    assert half.dtype == torch.float32  # kept in fp32 for the rest of the run
+    torch.testing.assert_close(got, want)
+
+
+def test_latents_that_are_already_nan_fail_with_the_fix(loaded: Model):
+    with pytest.raises(Failure, match="--dtype fp32"):
+        decode(loaded.vae, torch.full((1, 4, 4, 4), float("nan")))
+
+
+def test_offload_needs_a_gpu(tiny_model: Path, tmp_path: Path):
+    args = ["generate", "a cat", "-m", str(tiny_model), "--device", "cpu", "--offload", "-o", str(tmp_path / "x.png")]
+    refused(CliRunner().invoke(app, args), 2, "--offload", "cuda")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_vae_tiling_runs(tiny_model: Path, tmp_path: Path):
+    args = ["generate", "a cat", "-m", str(tiny_model), "--steps", "2", "--vae-tiling", "-o", str(tmp_path / "x.png")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_compile_gives_the_eager_pixels(tiny_model: Path, tmp_path: Path):
+    base = ["generate", "a cat", "-m", str(tiny_model), "--steps", "2", "--seed", "3", "--dtype", "fp32"]
+    assert CliRunner().invoke(app, [*base, "-o", str(tmp_path / "a.png")]).exit_code == 0
+    result = CliRunner().invoke(app, [*base, "--compile", "-o", str(tmp_path / "b.png")])
+    assert result.exit_code == 0, result.stderr
+    a, b = (np.asarray(Image.open(tmp_path / n), dtype=int) for n in ("a.png", "b.png"))
+    assert np.abs(a - b).max() <= 2
