@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch goes in first and on its own, so pip never resolves a multi-GB CUDA build here.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-slow demo bench shapes-model clean
+.PHONY: install test test-slow demo bench bench-cpu bench-gpu shapes-model clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,12 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_loop.py
+
+bench-cpu: install  # sdcli's defaults against diffusers' fp32 pipeline, SD 1.5 architecture, random weights
+	$(BIN)/python benchmarks/bench_cpu.py
+
+bench-gpu: install  # SD 1.5 architecture at 512x512, 30 steps, fp16, batch 1 and 4, eager and compiled (CUDA)
+	$(BIN)/python benchmarks/bench_gpu.py
 
 shapes-model: install
 	$(BIN)/sdcli train-shapes --out src/sdcli/models/shapes --work-dir runs/shapes
