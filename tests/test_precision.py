@@ -68,3 +68,32 @@ def test_compile_gives_the_eager_pixels(tiny_model: Path, tmp_path: Path):
     assert result.exit_code == 0, result.stderr
     a, b = (np.asarray(Image.open(tmp_path / n), dtype=int) for n in ("a.png", "b.png"))
     assert np.abs(a - b).max() <= 2
+
+
+@pytest.mark.slow
+def test_the_gpu_benchmark_runs_on_the_cpu_at_a_small_size():
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py"
+    args = ["--device", "cpu", "--size", "64", "--steps", "2", "--rounds", "1", "--batches", "1", "--no-compile"]
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    assert "ratio ours / diffusers" in done.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_channels_last_offload_and_fp16_give_a_finite_image(tiny_model: Path, tmp_path: Path):
+    from sdcli.generate import make_images
+    from sdcli.loading import LoadOptions, load_model
+    from sdcli.references import resolve_model
+    from sdcli.settings import Request
+
+    device = devices.resolve_device("cuda")
+    for options in (LoadOptions(), LoadOptions(offload=True, vae_tiling=True)):
+        model = load_model(resolve_model(str(tiny_model)), device, torch.float16, options)
+        (made,) = make_images(model, Request("a red circle", seed=3, steps=4))
+        assert np.isfinite(np.asarray(made.image, dtype=float)).all()
+        if not options.offload:
+            assert model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
