@@ -205,9 +205,10 @@ def refuse_or_skip(source: str, invalid: list[Invalid], skip_invalid: bool) -> N
 
 
 def plan(lines: list[Line], out_dir: Path) -> list[Planned]:
-    """Every image of every line, named `<line>-<index>-<seed>-<prompt words>.png`: stable across reruns."""
+    """Every image of every line, named `<line>-<index>-<seed>-<prompt words>.png`: stable across reruns, and
+    sorting in plan order (line and index zero-padded)."""
     return [
-        Planned(line, i, out_dir / f"{line.number:05d}-{i}-{image_name(line.request.prompt, line.request.seed + i)}")
+        Planned(line, i, out_dir / f"{line.number:05d}-{i:03d}-{image_name(line.request.prompt, line.request.seed + i)}")  # noqa: E501
         for line in lines
         for i in range(line.request.num_images)
     ]

@@ -513,9 +513,12 @@ def batch(
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # unwinds like Ctrl-C: the image being written is removed, the manifest stays whole
 
-    signal.signal(signal.SIGTERM, on_sigterm)
-    run(text, "stdin" if file == "-" else file, fmt, defaults, out_dir, skip_invalid, overwrite, on_image,
-        None if quiet else _stderr_block, interactive)  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        run(text, "stdin" if file == "-" else file, fmt, defaults, out_dir, skip_invalid, overwrite, on_image,
+            None if quiet else _stderr_block, interactive)  # fmt: skip
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()

@@ -1,0 +1,309 @@
+"""`sdcli sweep-guidance`: value parsing, the contact sheet's geometry and labels, the metrics on known images,
+and the command end to end on a tiny model (cells equal `generate`'s images, every report file written)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from sdcli.cli import app
+from sdcli.errors import UsageError
+from sdcli.metrics import ClipScorer, diversity, judged_adherence, named_attributes
+from sdcli.sheets import BACKGROUND, contact_sheet, line_plot, sheet_layout
+from sdcli.shapes.world import Scene, render
+from sdcli.sweep import parse_numbers, parse_seeds
+
+FAST = ["--steps", "2", "--sampler", "euler"]
+
+
+def run(*args: str, input: str | None = None):
+    return CliRunner().invoke(app, list(args), input=input)
+
+
+# Parsing the axes.
+
+
+def test_scales_as_a_list_or_an_inclusive_range():
+    assert parse_numbers("1,3,5,7.5,10", "--cfg") == (1, 3, 5, 7.5, 10)
+    assert parse_numbers("1:13:2", "--cfg") == (1, 3, 5, 7, 9, 11, 13)
+    assert parse_numbers("1:2:0.5", "--cfg") == (1, 1.5, 2)
+    assert parse_numbers("0:1:0.1", "--cfg")[-1] == 1.0  # no float drift past the stop
+    assert parse_numbers("1:12:2", "--cfg")[-1] == 11
+
+
+@pytest.mark.parametrize("spec", ["a,b", "1:5", "5:1:1", "1:5:0", "1,1", "nan", "1:1e9:0.001"])
+def test_bad_scales_are_usage_errors(spec: str):
+    with pytest.raises(UsageError, match="--cfg"):
+        parse_numbers(spec, "--cfg")
+
+
+def test_seeds_as_a_count_from_the_first_seed_or_a_list():
+    assert parse_seeds("4", 10) == (10, 11, 12, 13)
+    assert parse_seeds("1,5,9", 10) == (1, 5, 9)
+    for bad in ("0", "x", "1,1", "-1,2"):
+        with pytest.raises(UsageError, match="--seeds"):
+            parse_seeds(bad, 0)
+
+
+# The contact sheet and the plot.
+
+
+def _solid(rgb: tuple[int, int, int], size: int = 16) -> Image.Image:
+    return Image.new("RGB", (size, size), rgb)
+
+
+def test_contact_sheet_puts_each_image_in_its_cell_with_its_labels():
+    colours = [[(255, 0, 0), (0, 255, 0), (0, 0, 255)], [(255, 255, 0), (0, 255, 255), (255, 0, 255)]]
+    cells = [[_solid(c) for c in row] for row in colours]
+    columns, rows = ["cfg 1", "cfg 3", "cfg 7.5"], ["seed 0", "seed 1"]
+    sheet = contact_sheet(cells, columns, rows)
+    layout = sheet_layout((16, 16), columns, rows)
+    assert sheet.size == layout.size
+    assert layout.scale == 6 and layout.cell[1] == 96  # 16-pixel images enlarged to fit labels
+    pixels = np.asarray(sheet)
+    width, height = layout.cell
+    for r, row in enumerate(colours):
+        for c, rgb in enumerate(row):
+            x, y = layout.origin(r, c)
+            offset = (width - 96) // 2
+            block = pixels[y : y + 96, x + offset : x + offset + 96]
+            assert (block == rgb).all(), (r, c)  # the whole enlarged image, nothing else
+    ink = (pixels != BACKGROUND).any(axis=-1)
+    for c in range(3):  # a label above each column
+        x, _ = layout.origin(0, c)
+        assert ink[: layout.top, x : x + width].any()
+    for r in range(2):  # a label beside each row
+        _, y = layout.origin(r, 0)
+        assert ink[y : y + height, : layout.left].any()
+    assert not ink[: layout.top, : layout.left].any()  # the corner stays empty
+
+
+def test_contact_sheet_needs_one_label_per_row_and_column():
+    with pytest.raises(ValueError):
+        contact_sheet([[_solid((0, 0, 0))]], ["a", "b"], ["x"])
+
+
+def test_line_plot_draws_one_panel_per_series():
+    plot = line_plot([1, 3, 7.5], {"a": [0.1, 0.5, 0.9], "b": [0.3, None, 0.1]}, "guidance scale")
+    one = line_plot([1, 3, 7.5], {"a": [0.1, 0.5, 0.9]}, "guidance scale")
+    assert plot.width == one.width and plot.height == 2 * one.height
+    pixels = np.asarray(plot)
+    assert ((pixels == (31, 119, 180)).all(axis=-1)).sum() > 50  # the lines and dots
+
+
+# Metrics on known images.
+
+
+def test_diversity_is_the_mean_pairwise_rms_distance():
+    black, white, grey = _solid((0, 0, 0)), _solid((255, 255, 255)), _solid((51, 51, 51))
+    assert diversity([black, black, black]) == 0
+    assert diversity([black, white]) == pytest.approx(1.0)
+    assert diversity([black, white, grey]) == pytest.approx((1.0 + 0.2 + 0.8) / 3)
+    assert diversity([black]) == 0
+
+
+def test_prompt_attributes_name_only_what_the_prompt_says():
+    assert named_attributes("a red circle on a white background") == {
+        "colour": "red", "shape": "circle", "background": "white"
+    }  # fmt: skip
+    assert named_attributes("A Blue shape") == {"colour": "blue"}
+    assert named_attributes("triangle") == {"shape": "triangle"}
+    assert named_attributes("a cat") == {}
+
+
+def test_judged_adherence_checks_only_the_named_attributes():
+    image = Image.fromarray(render(Scene("circle", "red", "white", 32, 32, 36)))
+    assert judged_adherence(image, {"colour": "red", "shape": "circle", "background": "white"})
+    assert judged_adherence(image, {"colour": "red"})
+    assert not judged_adherence(image, {"colour": "blue"})
+    assert not judged_adherence(image, {"colour": "red", "shape": "square"})
+    assert not judged_adherence(image, {"background": "black"})
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random CLIPModel with its word tokenizer and an image processor, saved as a local folder."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from sdcli.shapes.tokenizer import write_word_tokenizer
+
+    folder = tmp_path_factory.mktemp("clip")
+    tokenizer = write_word_tokenizer("a red green blue circle square on white background cat".split(), folder / "_tok")
+    torch.manual_seed(0)
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+            "vocab_size": len(tokenizer), "max_position_embeddings": tokenizer.model_max_length,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id}  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+              "image_size": 32, "patch_size": 8}  # fmt: skip
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_clip_score_is_100_times_the_cosine_floored_at_zero(tiny_clip: Path):
+    scorer = ClipScorer(tiny_clip)
+    images = [_solid((255, 0, 0), 32), _solid((0, 0, 255), 32)]
+    scores = scorer(images, "a red circle")
+    assert len(scores) == 2 and all(0 <= s <= 100 for s in scores)
+    assert scorer(images, "a red circle") == scores  # deterministic
+    assert scorer(images[:1], "a red circle")[0] == pytest.approx(scores[0], abs=1e-4)
+
+
+def test_clip_model_folder_must_exist(tmp_path: Path):
+    with pytest.raises(UsageError, match="--clip-model"):
+        ClipScorer(tmp_path)
+
+
+# The command end to end.
+
+
+def test_sweep_writes_cells_sheet_and_metrics(tiny_model: Path, tmp_path: Path):
+    out = tmp_path / "sweep"
+    result = run("sweep-guidance", "a red circle", "-m", str(tiny_model), *FAST, "--cfg", "1,3,5", "--seeds", "2",
+                 "--seed", "5", "--batch-size", "2", "--out-dir", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    printed = [Path(line) for line in result.stdout.splitlines()]
+    cells = [out / f"cfg{c}-seed{s}.png" for c in (1, 3, 5) for s in (5, 6)]
+    reports = [out / name for name in ("grid.png", "metrics.csv", "metrics.json", "metrics.png")]
+    assert printed == cells + reports
+    assert sorted(out.iterdir()) == sorted(cells + reports)  # nothing else, no temporary files
+    # The summary table on stderr, one row per scale.
+    assert "adherence" in result.stderr and "diversity" in result.stderr
+    # The sheet: 2 rows (seeds) x 3 columns (scales) of enlarged 16x16 images.
+    layout = sheet_layout((16, 16), ["cfg 1", "cfg 3", "cfg 5"], ["seed 5", "seed 6"])
+    with Image.open(out / "grid.png") as sheet:
+        assert sheet.size == layout.size
+        pixels = np.asarray(sheet.convert("RGB"))
+    with Image.open(out / "cfg3-seed6.png") as cell:
+        expected = np.asarray(cell.convert("RGB").resize((96, 96), Image.Resampling.NEAREST))
+    x, y = layout.origin(1, 1)
+    x += (layout.cell[0] - 96) // 2
+    assert (pixels[y : y + 96, x : x + 96] == expected).all()
+    # metrics.json: one row per cell, a summary per scale; diversity from the images themselves.
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["adherence_measure"] is None  # a tiny model, no --clip-model: left out
+    assert [(c["cfg"], c["seed"]) for c in metrics["cells"]] == [(c, s) for c in (1, 3, 5) for s in (5, 6)]
+    assert [s["cfg"] for s in metrics["summary"]] == [1, 3, 5]
+    pair = [Image.open(out / f"cfg5-seed{s}.png") for s in (5, 6)]
+    assert metrics["summary"][2]["diversity"] == pytest.approx(diversity(pair))
+    assert all(s["images"] == 2 and s["adherence"] is None for s in metrics["summary"])
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert [r["kind"] for r in rows] == ["cell"] * 6 + ["summary"] * 3
+    with Image.open(out / "metrics.png") as plot:
+        assert plot.format == "PNG" and plot.height > plot.width / 2
+
+
+def test_a_cell_is_the_image_generate_makes_with_its_settings(tiny_model: Path, tmp_path: Path):
+    """The same seed gives the same noise in every column: each cell is generate's image at its scale."""
+    sweep = run("sweep-guidance", "a red circle", "-m", str(tiny_model), *FAST, "--cfg", "1,4", "--seeds", "3,9",
+                "--out-dir", str(tmp_path / "s"), "--json", "-q")  # fmt: skip
+    assert sweep.exit_code == 0, sweep.stderr
+    assert sweep.stderr == ""  # --quiet: no table
+    rows = [json.loads(line) for line in sweep.stdout.splitlines()]
+    assert [(r["cfg"], r["seed"]) for r in rows[:4]] == [(1, 3), (1, 9), (4, 3), (4, 9)]
+    assert [Path(r["path"]).name for r in rows[4:]] == ["grid.png", "metrics.csv", "metrics.json", "metrics.png"]
+    alone = run("generate", "a red circle", "-m", str(tiny_model), *FAST, "--cfg", "4", "--seed", "9",
+                "-o", str(tmp_path / "alone.png"))  # fmt: skip
+    assert alone.exit_code == 0, alone.stderr
+    cell = np.asarray(Image.open(tmp_path / "s" / "cfg4-seed9.png"))
+    assert (cell == np.asarray(Image.open(tmp_path / "alone.png"))).all()
+
+
+def test_samplers_as_a_second_axis(tiny_model: Path, tmp_path: Path):
+    out = tmp_path / "s"
+    result = run("sweep-guidance", "a cat", "-m", str(tiny_model), "--steps", "2", "--sampler", "euler,ddim",
+                 "--cfg", "1,7", "--seeds", "1", "--seed", "2", "--out-dir", str(out), "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    names = sorted(p.name for p in out.glob("cfg*.png"))
+    assert names == ["cfg1-sampler" + s + "-seed2.png" for s in ("ddim", "euler")] + [
+        "cfg7-sampler" + s + "-seed2.png" for s in ("ddim", "euler")
+    ]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["axis"] == "sampler" and {c["sampler"] for c in metrics["cells"]} == {"euler", "ddim"}
+    assert all(s["diversity"] is None for s in metrics["summary"])  # one seed: no diversity to measure
+    layout = sheet_layout((16, 16), ["cfg 1", "cfg 7"], ["sampler euler", "sampler ddim"])
+    assert Image.open(out / "grid.png").size == layout.size
+
+
+def test_shapes_model_is_judged_on_the_attributes_the_prompt_names(tiny_model: Path, tmp_path: Path):
+    shapes = tmp_path / "shapes"  # a model folder named like the built-in one gets its judge
+    shutil.copytree(tiny_model, shapes)
+    out = tmp_path / "s"
+    result = run("sweep-guidance", "a red shape", "-m", str(shapes), *FAST, "--cfg", "1,3", "--seeds", "2",
+                 "--out-dir", str(out), "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["adherence_measure"] == "judged colour"
+    for cell in metrics["cells"]:
+        verdict_ok = judged_adherence(Image.open(cell["path"]), {"colour": "red"})
+        assert cell["adherence"] == float(verdict_ok)
+    for summary in metrics["summary"]:
+        cells = [c["adherence"] for c in metrics["cells"] if c["cfg"] == summary["cfg"]]
+        assert summary["adherence"] == pytest.approx(sum(cells) / len(cells))
+
+
+def test_clip_model_gives_clip_scores(tiny_model: Path, tiny_clip: Path, tmp_path: Path):
+    out = tmp_path / "s"
+    result = run("sweep-guidance", "a red circle", "-m", str(tiny_model), *FAST, "--cfg", "1,3", "--seeds", "1",
+                 "--clip-model", str(tiny_clip), "--out-dir", str(out), "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["adherence_measure"] == "clip score"
+    scorer = ClipScorer(tiny_clip)
+    for cell in metrics["cells"]:
+        assert cell["adherence"] == pytest.approx(scorer([Image.open(cell["path"])], "a red circle")[0], abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cfg", "1:x:2"], "--cfg"),
+        (["--seeds", "0"], "--seeds"),
+        (["--sampler", "euler,nope"], "nope"),
+        (["--sampler", "euler,ddim", "--neg-scale", "1,2"], "second axis"),
+        (["--clip-model", "/nonexistent/clip"], "--clip-model"),
+    ],
+)
+def test_bad_sweeps_are_refused_before_any_work(tiny_model: Path, tmp_path: Path, args: list[str], message: str):
+    result = run("sweep-guidance", "a cat", "-m", str(tiny_model), *args, "--out-dir", str(tmp_path / "s"))
+    assert result.exit_code == 2
+    assert message in result.stderr and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_existing_sweep_is_not_overwritten(tiny_model: Path, tmp_path: Path):
+    out = tmp_path / "s"
+    out.mkdir()
+    (out / "grid.png").write_bytes(b"keep")
+    result = run("sweep-guidance", "a cat", "-m", str(tiny_model), *FAST, "--cfg", "1", "--seeds", "1",
+                 "--out-dir", str(out))  # fmt: skip
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["grid.png"] and (out / "grid.png").read_bytes() == b"keep"
+
+
+SHAPES = Path(__file__).resolve().parents[1] / "src" / "sdcli" / "models" / "shapes"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHAPES / "model_index.json").exists(), reason="the built-in shapes model is not built")
+def test_shapes_model_shows_the_guidance_trade_off(tmp_path: Path):
+    """Ho & Salimans 2022, Table 1: adherence rises with w from 1 to its best, diversity falls."""
+    out = tmp_path / "s"
+    result = run("sweep-guidance", "a red circle on a white background", "--cfg", "1,3,7.5", "--seeds", "12",
+                 "--seed", "0", "--steps", "20", "--batch-size", "12", "--device", "cpu", "--out-dir", str(out), "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads((out / "metrics.json").read_text())["summary"]
+    adherence = [s["adherence"] for s in summary]
+    spread = [s["diversity"] for s in summary]
+    assert max(adherence[1:]) > adherence[0]
+    assert spread[0] > spread[1] > spread[2]
