@@ -240,7 +240,7 @@ def test_two_accelerate_processes_on_the_cpu_split_the_work(tiny_model: Path, tm
         [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
          "-m", "sdcli", "batch", *common, "--out-dir", str(tmp_path / "two")],
-        cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600,
+        cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert launch.returncode == 0, launch.stderr
     printed = [Path(line).name for line in launch.stdout.splitlines()]

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from sdcli.cli import app
 from sdcli.errors import UsageError
 from sdcli.metrics import ClipScorer, diversity, judged_adherence, named_attributes
-from sdcli.sheets import BACKGROUND, contact_sheet, line_plot, sheet_layout
 from sdcli.shapes.world import Scene, render
+from sdcli.sheets import BACKGROUND, contact_sheet, line_plot, sheet_layout
 from sdcli.sweep import parse_numbers, parse_seeds
 
 FAST = ["--steps", "2", "--sampler", "euler"]
@@ -136,7 +136,8 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from sdcli.shapes.tokenizer import write_word_tokenizer
 
     folder = tmp_path_factory.mktemp("clip")
-    tokenizer = write_word_tokenizer("a red green blue circle square on white background cat".split(), folder / "_tok")
+    words = ["a", "red", "green", "blue", "circle", "square", "on", "white", "background", "cat"]
+    tokenizer = write_word_tokenizer(words, folder / "_tok")
     torch.manual_seed(0)
     text = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
             "vocab_size": len(tokenizer), "max_position_embeddings": tokenizer.model_max_length,
@@ -300,7 +301,8 @@ def test_shapes_model_shows_the_guidance_trade_off(tmp_path: Path):
     """Ho & Salimans 2022, Table 1: adherence rises with w from 1 to its best, diversity falls."""
     out = tmp_path / "s"
     result = run("sweep-guidance", "a red circle on a white background", "--cfg", "1,3,7.5", "--seeds", "12",
-                 "--seed", "0", "--steps", "20", "--batch-size", "12", "--device", "cpu", "--out-dir", str(out), "-q")  # fmt: skip
+                 "--seed", "0", "--steps", "20", "--batch-size", "12", "--device", "cpu",
+                 "--out-dir", str(out), "-q")  # fmt: skip
     assert result.exit_code == 0, result.stderr
     summary = json.loads((out / "metrics.json").read_text())["summary"]
     adherence = [s["adherence"] for s in summary]

@@ -208,9 +208,9 @@ def plan(lines: list[Line], out_dir: Path) -> list[Planned]:
     """Every image of every line, named `<line>-<index>-<seed>-<prompt words>.png`: stable across reruns, and
     sorting in plan order (line and index zero-padded)."""
     return [
-        Planned(line, i, out_dir / f"{line.number:05d}-{i:03d}-{image_name(line.request.prompt, line.request.seed + i)}")  # noqa: E501
+        Planned(line, i, out_dir / f"{line.number:05d}-{i:03d}-{image_name(line.request.prompt, seed)}")
         for line in lines
-        for i in range(line.request.num_images)
+        for i, seed in enumerate(line.request.seeds)
     ]
 
 

@@ -53,7 +53,9 @@ class ClipScorer:
         from transformers import CLIPModel, CLIPProcessor
 
         if not (folder / "config.json").is_file():
-            raise UsageError(f"--clip-model {folder}: no config.json there; give a folder saved by CLIPModel.save_pretrained")
+            raise UsageError(
+                f"--clip-model {folder}: no config.json there; give a folder saved by CLIPModel.save_pretrained"
+            )
         try:
             self.model = CLIPModel.from_pretrained(folder, use_safetensors=True).eval()
             self.processor = CLIPProcessor.from_pretrained(folder)
@@ -72,7 +74,9 @@ class ClipScorer:
         )
         with torch.inference_mode():
             image_emb = self.model.get_image_features(pixel_values=inputs["pixel_values"])  # (N, E)
-            text_emb = self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            text_emb = self.model.get_text_features(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+            )
         if not isinstance(image_emb, torch.Tensor):  # newer transformers return a model output
             image_emb, text_emb = image_emb.pooler_output, text_emb.pooler_output
         image_emb = image_emb / image_emb.norm(dim=-1, keepdim=True)
