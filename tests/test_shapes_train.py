@@ -15,7 +15,8 @@ from sdcli.settings import Request
 
 def test_train_shapes_saves_a_loadable_model_and_resumes(tmp_path):
     out, work = tmp_path / "model", tmp_path / "work"
-    args = ["train-shapes", "--out", str(out), "--work-dir", str(work), "--vae-steps", "2", "--scenes", "64"]
+    args = ["train-shapes", "--out", str(out), "--work-dir", str(work), "--vae-steps", "2", "--decoder-steps", "2"]
+    args += ["--scenes", "64"]
     result = CliRunner().invoke(app, [*args, "--unet-steps", "2"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == str(out)
@@ -32,7 +33,8 @@ def test_train_shapes_saves_a_loadable_model_and_resumes(tmp_path):
     # a rerun with one more step continues from the checkpoints instead of starting again
     result = CliRunner().invoke(app, [*args, "--unet-steps", "3"], catch_exceptions=False)
     assert result.exit_code == 0
-    assert "vae: resuming at step 2" in result.stderr and "denoiser: resuming at step 2" in result.stderr
+    for stage in ("vae", "decoder", "denoiser"):
+        assert f"{stage}: resuming at step 2" in result.stderr
 
 
 def test_train_shapes_rejects_a_step_count_below_one(tmp_path):

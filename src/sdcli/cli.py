@@ -323,6 +323,9 @@ def train_shapes(
         Path, typer.Option(help="Checkpoints and snapshots; a rerun with the same folder continues from them.")
     ] = Path("runs/shapes"),
     vae_steps: Annotated[int | None, typer.Option(help="VAE training steps (default: the recipe's).")] = None,
+    decoder_steps: Annotated[
+        int | None, typer.Option(help="Further VAE decoder steps, encoder frozen (default: the recipe's).")
+    ] = None,
     unet_steps: Annotated[int | None, typer.Option(help="U-Net and text encoder steps (default: the recipe's).")] = None,
     scenes: Annotated[int | None, typer.Option(help="Scenes encoded once for the U-Net (default: the recipe's).")] = None,
 ) -> None:
@@ -332,7 +335,12 @@ def train_shapes(
     from sdcli.references import builtin_root
     from sdcli.shapes.train import TrainConfig, train
 
-    overrides = {"vae_steps": vae_steps, "unet_steps": unet_steps, "num_latent_scenes": scenes}
+    overrides = {
+        "vae_steps": vae_steps,
+        "decoder_steps": decoder_steps,
+        "unet_steps": unet_steps,
+        "num_latent_scenes": scenes,
+    }
     for name, value in overrides.items():
         if value is not None and value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, not {value}")
@@ -379,7 +387,8 @@ def sweep_guidance(
                      show_default=DEFAULTS["sampler"]),
     ] = None,  # fmt: skip
     neg_scale: Annotated[
-        str | None, typer.Option(help="Negative-prompt scales as a second axis (rows): a list or a range.")
+        str | None,
+        typer.Option(help="Scales of the negative prompt's own term (--neg-mode separate) as rows: list or range."),
     ] = None,
     model: ModelOption = None,
     neg: NegOption = None,
@@ -419,6 +428,8 @@ def sweep_guidance(
         "device": device.value if device else None,
         "dtype": dtype.value if dtype else None,
     }
+    if neg_scale is not None and "neg_mode" in DEFAULTS:
+        given["neg_mode"] = "separate"  # the scale of the negative's own term: only separate negatives have one
     base = build_request(given, None)
     axis, values = None, ()
     if len(samplers) > 1:

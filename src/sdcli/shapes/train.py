@@ -41,6 +41,8 @@ class TrainConfig:
     # GroupNorm groups: several channels per group. One channel per group is an instance norm, which erases the
     # absolute colour of flat shapes on flat backgrounds, and with it the palette.
     vae_norm_groups: int = 8
+    decoder_steps: int = 600  # the decoder's further training, encoder frozen
+    decoder_lr: float = 1e-3
     # text encoder: a small CLIP over the world's words
     text_width: int = 64
     text_layers: int = 2
@@ -143,43 +145,57 @@ def save_checkpoint(path: Path, **state) -> None:
     tmp.replace(path)
 
 
-def train_vae(cfg: TrainConfig, work: Path) -> AutoencoderKL:
-    torch.manual_seed(cfg.seed)
-    vae = build_vae(cfg)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    rng = np.random.default_rng(cfg.seed)
-    ckpt, start = work / "vae.pt", 0
+def fit_vae(vae: AutoencoderKL, params: list, *, steps: int, lr: float, batch: int, seed: int, kl_weight: float,
+            l1_weight: float, ckpt: Path, name: str, every: int) -> None:
+    """Train `params` of the VAE on freshly rendered scenes: reconstruction (MSE + l1_weight * L1) plus a small KL
+    term, the learning rate annealed to zero on a cosine; a checkpoint every few hundred steps, resumed from."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    start = 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
         rng.bit_generator.state, start = state["rng"], state["step"]
         torch.set_rng_state(state["torch_rng"])
-        log(f"vae: resuming at step {start}")
+        log(f"{name}: resuming at step {start}")
     t0 = time.time()
-    for step in range(start, cfg.vae_steps):
-        lr = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))  # cosine to zero
+    for step in range(start, steps):
         for g in opt.param_groups:
-            g["lr"] = lr
-        _, x = render_batch(rng, cfg.vae_batch)  # (B, 3, 64, 64)
+            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+        _, x = render_batch(rng, batch)  # (B, 3, 64, 64)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         mse = F.mse_loss(recon, x)
-        loss = mse + cfg.vae_kl_weight * posterior.kl().mean()
+        loss = mse + l1_weight * F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if (step + 1) % 50 == 0:
-            log(f"vae step {step + 1}/{cfg.vae_steps} mse {mse.item():.4f} ({time.time() - t0:.0f}s)")
-        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
-            save_checkpoint(
-                ckpt,
-                model=vae.state_dict(),
-                opt=opt.state_dict(),
-                rng=rng.bit_generator.state,
-                step=step + 1,
-                torch_rng=torch.get_rng_state(),
-            )
+            log(f"{name} step {step + 1}/{steps} mse {mse.item():.4f} ({time.time() - t0:.0f}s)")
+        if (step + 1) % every == 0 or step + 1 == steps:
+            save_checkpoint(ckpt, model=vae.state_dict(), opt=opt.state_dict(), rng=rng.bit_generator.state,
+                            step=step + 1, torch_rng=torch.get_rng_state())
     vae.eval().requires_grad_(False)
+
+
+def train_vae(cfg: TrainConfig, work: Path) -> AutoencoderKL:
+    """Stage 1: the whole autoencoder."""
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(cfg)
+    fit_vae(vae, list(vae.parameters()), steps=cfg.vae_steps, lr=cfg.vae_lr, batch=cfg.vae_batch, seed=cfg.seed,
+            kl_weight=cfg.vae_kl_weight, l1_weight=0.0, ckpt=work / "vae.pt", name="vae",
+            every=cfg.checkpoint_every)
+    return vae
+
+
+def finetune_decoder(cfg: TrainConfig, vae: AutoencoderKL, work: Path) -> AutoencoderKL:
+    """Stage 1b: once the U-Net's latents are encoded the encoder is fixed, and the decoder alone trains on, with an
+    L1 term that pulls flat colours onto the palette."""
+    vae.decoder.requires_grad_(True), vae.post_quant_conv.requires_grad_(True)
+    params = [p for p in vae.parameters() if p.requires_grad]
+    fit_vae(vae, params, steps=cfg.decoder_steps, lr=cfg.decoder_lr, batch=cfg.vae_batch, seed=cfg.seed + 4,
+            kl_weight=0.0, l1_weight=1.0, ckpt=work / "decoder.pt",
+            name="decoder", every=cfg.checkpoint_every)
     return vae
 
 
@@ -207,8 +223,7 @@ def encode_scenes(cfg: TrainConfig, vae: AutoencoderKL, work: Path):
     return data
 
 
-def train_denoiser(cfg: TrainConfig, vae: AutoencoderKL, tokenizer, work: Path):
-    data = encode_scenes(cfg, vae, work)
+def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path):
     scale = data["scaling_factor"]
     torch.manual_seed(cfg.seed + 2)
     unet, text_encoder = build_unet(cfg), build_text_encoder(cfg, tokenizer)
@@ -324,7 +339,7 @@ def export_snapshot(work: Path, snapshot: Path, out: Path, cfg: TrainConfig = Tr
 
     tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
     vae, unet, text_encoder = build_vae(cfg), build_unet(cfg), build_text_encoder(cfg, tokenizer)
-    vae.load_state_dict(torch.load(work / "vae.pt", weights_only=False)["model"])
+    vae.load_state_dict(torch.load(work / "decoder.pt", weights_only=False)["model"])
     state = torch.load(snapshot, weights_only=False)
     unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text"])
     scale = torch.load(work / "latents.pt", weights_only=False)["scaling_factor"]
@@ -337,6 +352,8 @@ def train(out: Path, work: Path, cfg: TrainConfig = TrainConfig()) -> None:
     tokenizer = write_word_tokenizer(list(WORDS), work / "tokenizer")
     log(f"tokenizer: {len(tokenizer)} tokens")
     vae = train_vae(cfg, work)
-    unet, text_encoder, scale = train_denoiser(cfg, vae, tokenizer, work)
+    data = encode_scenes(cfg, vae, work)
+    vae = finetune_decoder(cfg, vae, work)
+    unet, text_encoder, scale = train_denoiser(cfg, data, tokenizer, work)
     save_model(out, vae, unet, text_encoder, tokenizer, scale)
     log(f"saved the model to {out}")
