@@ -41,7 +41,7 @@ class TrainConfig:
     # GroupNorm groups: several channels per group. One channel per group is an instance norm, which erases the
     # absolute colour of flat shapes on flat backgrounds, and with it the palette.
     vae_norm_groups: int = 8
-    decoder_steps: int = 600  # the decoder's further training, encoder frozen
+    decoder_steps: int = 300  # the decoder's further training, encoder frozen
     decoder_lr: float = 1e-3
     # text encoder: a small CLIP over the world's words
     text_width: int = 64
@@ -59,7 +59,7 @@ class TrainConfig:
     warmup_steps: int = 100
     ema_decay: float = 0.995
     min_snr_gamma: float = 5.0
-    num_latent_scenes: int = 24000
+    num_latent_scenes: int = 24064  # 94 batches of 256
     checkpoint_every: int = 250
     snapshot_every: int = 500  # EMA weights kept at these steps, for the learning curve
 
