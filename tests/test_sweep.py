@@ -236,6 +236,22 @@ def test_samplers_as_a_second_axis(tiny_model: Path, tmp_path: Path):
     assert Image.open(out / "grid.png").size == layout.size
 
 
+def test_negative_scales_as_a_second_axis(tiny_model: Path, tmp_path: Path):
+    out = tmp_path / "s"
+    result = run("sweep-guidance", "a cat", "-m", str(tiny_model), *FAST, "--neg", "blue", "--neg-scale", "0,4",
+                 "--cfg", "3", "--seeds", "1", "--seed", "2", "--out-dir", str(out), "--json", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()][:2]
+    assert [(r["neg_mode"], r["neg_scale"]) for r in rows] == [("separate", 0), ("separate", 4)]
+    assert sorted(p.name for p in out.glob("cfg*.png")) == ["cfg3-neg-scale0-seed2.png", "cfg3-neg-scale4-seed2.png"]
+    plain = run("generate", "a cat", "-m", str(tiny_model), *FAST, "--cfg", "3", "--seed", "2",
+                "-o", str(tmp_path / "plain.png"))  # fmt: skip
+    assert plain.exit_code == 0, plain.stderr
+    # A separate negative at scale 0 subtracts nothing: the image without a negative prompt.
+    swept = np.asarray(Image.open(out / "cfg3-neg-scale0-seed2.png"))
+    assert (swept == np.asarray(Image.open(tmp_path / "plain.png"))).all()
+
+
 def test_shapes_model_is_judged_on_the_attributes_the_prompt_names(tiny_model: Path, tmp_path: Path):
     shapes = tmp_path / "shapes"  # a model folder named like the built-in one gets its judge
     shutil.copytree(tiny_model, shapes)
@@ -271,7 +287,7 @@ def test_clip_model_gives_clip_scores(tiny_model: Path, tiny_clip: Path, tmp_pat
         (["--cfg", "1:x:2"], "--cfg"),
         (["--seeds", "0"], "--seeds"),
         (["--sampler", "euler,nope"], "nope"),
-        (["--sampler", "euler,ddim", "--neg-scale", "1,2"], "second axis"),
+        (["--sampler", "euler,ddim", "--neg", "x", "--neg-scale", "1,2"], "second axis"),
         (["--clip-model", "/nonexistent/clip"], "--clip-model"),
     ],
 )

@@ -76,6 +76,11 @@ def parse_words(spec: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in spec.split(",") if part.strip())
 
 
+def _text(value: object) -> str:
+    """An axis value as written in names and labels: numbers without a needless `.0`."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 @dataclass(frozen=True)
 class Sweep:
     """What to sweep: the base request (prompt and settings) at every scale, for every seed and axis value."""
@@ -103,10 +108,10 @@ class Sweep:
         if self.axis is None:
             return f"seed {seed}"
         name = self.axis.replace("_", "-")
-        return f"{name} {value}" if len(self.seeds) == 1 else f"{name} {value}, seed {seed}"
+        return f"{name} {_text(value)}" if len(self.seeds) == 1 else f"{name} {_text(value)}, seed {seed}"
 
     def cell_name(self, scale: float, value: object, seed: int) -> str:
-        axis = "" if self.axis is None else f"{self.axis.replace('_', '-')}{value}-"
+        axis = "" if self.axis is None else f"{self.axis.replace('_', '-')}{_text(value)}-"
         return f"cfg{scale:g}-{axis}seed{seed}.png"
 
     def column_requests(self, scale: float, value: object) -> list[Request]:
