@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--sampler", default="dpm++2m-karras")
     parser.add_argument("--negatives", type=int, default=0, help="seeds for the negative-prompt checks (0: skip)")
-    parser.add_argument("--tables", help="write the results as Markdown tables to this file")
+    parser.add_argument("--card", help="write the model card (README.md) with these results into this folder")
+    parser.add_argument("--training-note", default="", help="a paragraph for the card on how training went")
     parser.add_argument("--curve", help="a training work folder: score its snapshots into a learning curve")
     args = parser.parse_args(argv)
     settings = {"steps": args.steps, "sampler": args.sampler}
@@ -173,9 +174,15 @@ def main(argv: list[str] | None = None) -> None:
     negatives = negative_counts(model, list(range(args.negatives)), **settings) if args.negatives else []
     for row in negatives:
         print(json.dumps(row), flush=True)
-    if args.tables:
-        with open(args.tables, "w") as f:
-            f.write(card_tables(scores, negatives, curve))
+    if args.card:
+        from importlib import resources
+        from pathlib import Path
+
+        template = resources.files("sdcli.shapes").joinpath("card.md").read_text()
+        command = "python -m sdcli.shapes.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+        card = template.format(training_note=args.training_note, command=command,
+                               tables=card_tables(scores, negatives, curve))
+        (Path(args.card) / "README.md").write_text(card)
 
 
 if __name__ == "__main__":
