@@ -25,8 +25,13 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from accelerate import PartialState
+
+from sdcli.console import image_progress
 from sdcli.errors import UsageError
+from sdcli.generate import load_for, make_images
 from sdcli.geometry import check_size
+from sdcli.metadata import encode_png, settings_from_png
 from sdcli.outputs import image_name, write_atomic
 from sdcli.settings import Request
 
@@ -231,8 +236,6 @@ def reconcile_manifest(out_dir: Path, planned: list[Planned]) -> None:
     """Rewrite the manifest (atomically) to hold one line per image on disk: planned images in plan order, then
     lines of other runs into the same folder; lines whose image is gone are dropped, and images without a line
     (the run stopped between the two) get one from the settings inside the PNG."""
-    from sdcli.metadata import settings_from_png
-
     manifest = out_dir / MANIFEST
     known = {row["path"]: row for row in _manifest_rows(manifest) if Path(row["path"]).exists()}
     rows = []
@@ -256,8 +259,6 @@ def remove_partial_files(out_dir: Path) -> None:
 
 def check_existing(planned: list[Planned]) -> None:
     """An image already on disk must have been made from the same settings, or resuming would mix two runs."""
-    from sdcli.metadata import settings_from_png
-
     for image in planned:
         if not image.path.exists():
             continue
@@ -323,13 +324,6 @@ def run(
     """Run the batch in this process (one of several under `accelerate launch`); `on_image(path, row)` after each
     image lands; the main process passes messages (skipped images) to `note(text)` and, with `progress`, shows
     a progress bar over its share."""
-    import torch  # noqa: F401 - the model stack, only once the lines have been read
-    from accelerate import PartialState
-
-    from sdcli.console import image_progress
-    from sdcli.generate import load_for, make_images
-    from sdcli.metadata import encode_png
-
     # 1. Read and check every line before any work.
     lines, invalid = read_lines(text, fmt, defaults)
     if not lines and not invalid:
