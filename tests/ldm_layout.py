@@ -12,11 +12,12 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdcli.architecture import SD1, SD2, Family
 from sdcli.single_file import clip_tokenizer, scheduler_config
+from tiny_sd import save_sd_folder
 
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
            "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}  # fmt: skip
@@ -167,15 +168,5 @@ def build_family_sd(folder: Path, family: Family, prediction_type: str = "epsilo
     )
     config = dict(scheduler_config(family, prediction_type))
     scheduler = getattr(diffusers, "DDIMScheduler" if sd2 else "PNDMScheduler").from_config(config)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.save_pretrained(folder)
-    return folder
+    return save_sd_folder(folder, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                          scheduler=scheduler)

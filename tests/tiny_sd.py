@@ -77,15 +77,13 @@ def build_tiny_sd(
         steps_offset=1,
         prediction_type=prediction_type,
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return save_sd_folder(folder, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                          scheduler=scheduler)
+
+
+def save_sd_folder(folder: Path, **components) -> Path:
+    """Save SD components (vae, text_encoder, tokenizer, unet, scheduler) as a diffusers folder, no safety checker."""
+    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return folder
