@@ -93,6 +93,13 @@ def _main(
         raise UsageError("no command given; run `sdcli --help` to list the commands")
 
 
+def _emit(result: str) -> None:
+    """One result line on stdout, in one write: processes sharing a pipe (accelerate launch, which runs them
+    unbuffered) then never split or merge each other's lines."""
+    sys.stdout.write(result + "\n")
+    sys.stdout.flush()
+
+
 def _read_prompt(prompt: str | None) -> str | None:
     return sys.stdin.read().rstrip("\r\n") if prompt == "-" else prompt
 
@@ -260,7 +267,7 @@ def generate(
                 line = json.dumps(made.result(path))
             else:
                 line = str(path)
-            print(line, flush=True)
+            _emit(line)
 
 
 @app.command()
@@ -444,7 +451,7 @@ def sweep_guidance(
     folder = out_dir or Path("outputs") / f"sweep-{image_name(base.prompt, base.seed).removesuffix('.png')}"
     with step_progress(interactive) as on_step:
         for path, row in run(plan, folder, overwrite, clip_model, on_step, None if quiet else _stderr_block):
-            print(json.dumps(row or {"path": str(path)}) if as_json else str(path), flush=True)
+            _emit(json.dumps(row or {"path": str(path)}) if as_json else str(path))
 
 
 def _stderr_block(text: str) -> None:
@@ -519,7 +526,7 @@ def batch(
     defaults = {key: value for key, value in given.items() if value is not None}
 
     def on_image(path: Path, row: dict[str, Any]) -> None:
-        print(json.dumps(row) if as_json else str(path), flush=True)
+        _emit(json.dumps(row) if as_json else str(path))
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # unwinds like Ctrl-C: the image being written is removed, the manifest stays whole
