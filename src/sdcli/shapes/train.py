@@ -57,6 +57,7 @@ class TrainConfig:
     unet_batch: int = 64
     unet_lr: float = 2e-3
     warmup_steps: int = 100
+    cooldown_steps: int = 1000  # the learning rate falls linearly to zero over the last steps
     ema_decay: float = 0.995
     min_snr_gamma: float = 5.0
     num_latent_scenes: int = 24064  # 94 batches of 256
@@ -265,8 +266,9 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path):
     t0 = time.time()
     for step in range(start, cfg.unet_steps):
         warm = min(1.0, (step + 1) / cfg.warmup_steps)
+        cool = min(1.0, (cfg.unet_steps - step) / cfg.cooldown_steps)
         for g, base in zip(opt.param_groups, base_lrs):
-            g["lr"] = base * warm
+            g["lr"] = base * warm * cool
         idx = torch.from_numpy(rng.integers(len(scenes), size=cfg.unet_batch))
         captions = [random_caption(scenes[i], rng) for i in idx.tolist()]
         ids = tokenizer(
