@@ -248,7 +248,7 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path):
     )
     alphas_cumprod = noise_scheduler.alphas_cumprod  # (1000,)
     rng = np.random.default_rng(cfg.seed + 3)
-    ckpt, start = work / "denoiser.pt", 0
+    ckpt, start, earlier = work / "denoiser.pt", 0, 0.0  # earlier: seconds spent before a resume
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text"])
@@ -256,6 +256,7 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path):
         opt.load_state_dict(state["opt"])
         rng.bit_generator.state, start = state["rng"], state["step"]
         torch.set_rng_state(state["torch_rng"])
+        earlier = state.get("seconds", 0.0)
         log(f"denoiser: resuming at step {start}")
     n_params = sum(p.numel() for p in unet.parameters())
     log(
@@ -263,7 +264,7 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path):
         f"{sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M"
     )
     scenes = data["scenes"]
-    t0 = time.time()
+    t0 = time.time() - earlier  # so that times count the whole stage across resumes
     for step in range(start, cfg.unet_steps):
         warm = min(1.0, (step + 1) / cfg.warmup_steps)
         cool = min(1.0, (cfg.unet_steps - step) / cfg.cooldown_steps)
@@ -305,6 +306,7 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path):
                 rng=rng.bit_generator.state,
                 step=step + 1,
                 torch_rng=torch.get_rng_state(),
+                seconds=time.time() - t0,
             )
         if (step + 1) % cfg.snapshot_every == 0:
             (work / "snapshots").mkdir(exist_ok=True)
