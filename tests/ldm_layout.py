@@ -2,8 +2,9 @@
 
 The inverse of the key mapping that diffusers' converters (`diffusers.loaders.single_file_utils`) apply, for any
 number of levels and layers, as diffusers' own `convert_diffusers_to_original_stable_diffusion.py` script does for
-SD's sizes. Also tiny SD 1.x/2.x models in diffusers format whose hyperparameters follow their family's rules
-(CLIP vocabulary and tokenizer, 64-channel text heads), so that their single files load back to the same model.
+SD's sizes (and SDXL's: `label_emb.*`, `conditioner.embedders.0/1.*`). Also tiny SD 1.x/2.x/XL models in diffusers
+format whose hyperparameters follow their family's rules (CLIP vocabulary and tokenizer, 64-channel heads), so that
+their single files load back to the same model.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from pathlib import Path
 import diffusers
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from sdcli.architecture import SD1, SD2, Family
+from sdcli.architecture import CLIP, OPEN_CLIP, SD1, SD2, SDXL, SDXL_CLIP, SDXL_OPEN_CLIP, Family
 from sdcli.single_file import clip_tokenizer, scheduler_config
-from tiny_sd import save_sd_folder
+from tiny_sd import build_tiny_sdxl, save_sd_folder
 
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
            "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}  # fmt: skip
@@ -30,7 +31,8 @@ def unet_to_ldm(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     p = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
          "conv_in.": "input_blocks.0.0.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
          "mid_block.resnets.0.": "middle_block.0.", "mid_block.attentions.0.": "middle_block.1.",
-         "mid_block.resnets.1.": "middle_block.2."}  # fmt: skip
+         "mid_block.resnets.1.": "middle_block.2.",
+         "add_embedding.linear_1.": "label_emb.0.0.", "add_embedding.linear_2.": "label_emb.0.2."}  # fmt: skip
     for i in range(n):
         for j in range(layers):
             p[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{(layers + 1) * i + j + 1}.0."
@@ -83,26 +85,30 @@ def vae_to_ldm(vae: AutoencoderKL, into: str = "first_stage_model.") -> dict[str
     return out
 
 
-def clip_to_ldm(text_encoder: CLIPTextModel) -> dict[str, torch.Tensor]:
+def clip_to_ldm(text_encoder: CLIPTextModel, prefix: str = CLIP) -> dict[str, torch.Tensor]:
     return {
-        "cond_stage_model.transformer.text_model." + k.removeprefix("text_model."): v
+        prefix + k.removeprefix("text_model."): v
         for k, v in text_encoder.state_dict().items()
         if "position_ids" not in k
     }
 
 
-def open_clip_to_ldm(text_encoder: CLIPTextModel) -> dict[str, torch.Tensor]:
-    """OpenCLIP's layout, with one more (random) layer at the end, which SD 2.x does not use."""
+def open_clip_to_ldm(text_encoder: CLIPTextModel | CLIPTextModelWithProjection, prefix: str = OPEN_CLIP):
+    """OpenCLIP's layout. SD 2.x's (a `CLIPTextModel`) gets one more (random) layer at the end, which it does not
+    use, and a random projection; SDXL's second encoder has its own projection and uses every layer."""
     state = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items() if "position_ids" not in k}
     width = text_encoder.config.hidden_size
     layers = text_encoder.config.num_hidden_layers
-    for name in [k for k in state if k.startswith("encoder.layers.0.")]:  # the unused last layer
-        state[name.replace("layers.0.", f"layers.{layers}.")] = torch.randn_like(state[name])
+    projection = state.pop("text_projection.weight", None)  # (P, width) in transformers, (width, P) in OpenCLIP
+    if projection is None:
+        for name in [k for k in state if k.startswith("encoder.layers.0.")]:  # the unused last layer
+            state[name.replace("layers.0.", f"layers.{layers}.")] = torch.randn_like(state[name])
+        layers += 1
     out = {"token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
            "positional_embedding": state.pop("embeddings.position_embedding.weight"),
            "ln_final.weight": state.pop("final_layer_norm.weight"), "ln_final.bias": state.pop("final_layer_norm.bias"),
-           "text_projection": torch.randn(width, width)}  # fmt: skip
-    for i in range(layers + 1):
+           "text_projection": torch.randn(width, width) if projection is None else projection.T}  # fmt: skip
+    for i in range(layers):
         a, b = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
         for kind in ("weight", "bias"):
             out[b + f"attn.in_proj_{kind}"] = torch.cat([state.pop(a + f"self_attn.{x}_proj.{kind}") for x in "qkv"])
@@ -112,16 +118,25 @@ def open_clip_to_ldm(text_encoder: CLIPTextModel) -> dict[str, torch.Tensor]:
             out[b + f"mlp.c_fc.{kind}"] = state.pop(a + f"mlp.fc1.{kind}")
             out[b + f"mlp.c_proj.{kind}"] = state.pop(a + f"mlp.fc2.{kind}")
     assert not state, sorted(state)
-    return {"cond_stage_model.model." + k: v for k, v in out.items()}
+    return {prefix + k: v for k, v in out.items()}
 
 
 def pipeline_to_ldm(folder: Path, family: Family) -> dict[str, torch.Tensor]:
-    """A diffusers folder's U-Net, VAE and text encoder as one original-layout state dict."""
+    """A diffusers folder's U-Net, VAE and text encoder(s) as one original-layout state dict."""
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
     vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
     text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
-    text = clip_to_ldm(text_encoder) if family is SD1 else open_clip_to_ldm(text_encoder)
+    if family is SDXL:
+        text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(folder, subfolder="text_encoder_2")
+        text = clip_to_ldm(text_encoder, SDXL_CLIP) | open_clip_to_ldm(text_encoder_2, SDXL_OPEN_CLIP)
+    else:
+        text = clip_to_ldm(text_encoder) if family is SD1 else open_clip_to_ldm(text_encoder)
     return {k: v.contiguous() for k, v in (unet_to_ldm(unet) | vae_to_ldm(vae) | text).items()}
+
+
+def build_family_sdxl(folder: Path, seed: int = 0) -> Path:
+    """A tiny random SDXL model in diffusers format with SDXL's real tokenizers (CLIP's vocabulary)."""
+    return build_tiny_sdxl(folder, tokenizers=(clip_tokenizer(SDXL), clip_tokenizer(SDXL, "tokenizer_2")), seed=seed)
 
 
 def build_family_sd(folder: Path, family: Family, prediction_type: str = "epsilon", seed: int = 0) -> Path:

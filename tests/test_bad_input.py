@@ -59,12 +59,12 @@ def test_a_model_without_a_text_encoder(tmp_path: Path, out: Path):
     )
 
 
-def test_an_sdxl_model(tmp_path: Path, out: Path):
-    folder = tmp_path / "xl"
+def test_a_transformer_model(tmp_path: Path, out: Path):
+    folder = tmp_path / "sd3"
     folder.mkdir()
-    index = {name: ["x", "y"] for name in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "scheduler")}
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline", **index}))
-    refused(generate("a cat", "-m", str(folder), "--out-dir", str(out)), 2, "StableDiffusionXLPipeline", "1.x")
+    index = {name: ["x", "y"] for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "scheduler")}
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusion3Pipeline", **index}))
+    refused(generate("a cat", "-m", str(folder), "--out-dir", str(out)), 2, "StableDiffusion3Pipeline", "1.x")
 
 
 def test_a_model_whose_weights_are_broken(tiny_model: Path, tmp_path: Path, out: Path):

@@ -9,6 +9,7 @@ import torch
 from sdcli.generate import make_images
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
+from sdcli.conditioning import Conditioning
 from sdcli.errors import UsageError
 from sdcli.guidance import (
     CountedDenoiser,
@@ -53,9 +54,9 @@ class ToyDenoiser:
     def __init__(self) -> None:
         self.calls: list[torch.Tensor] = []
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        self.calls.append(context)
-        return x * t + context.sum(dim=(1, 2)).view(-1, 1, 1, 1)
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        self.calls.append(cond.context)
+        return x * t + cond.context.sum(dim=(1, 2)).view(-1, 1, 1, 1)
 
 
 def test_guided_makes_one_batched_call_with_unconditional_half_first():
@@ -64,7 +65,7 @@ def test_guided_makes_one_batched_call_with_unconditional_half_first():
     t = torch.tensor(2.0)
     cond = torch.full((2, 5, 8), 1.0)  # (B, L, D): sums to 40 per image
     uncond = torch.zeros(2, 5, 8)  # sums to 0
-    pred = guided(model, x, t, cond, uncond, scale=3.0)
+    pred = guided(model, x, t, Conditioning(cond), Conditioning(uncond), scale=3.0)
     assert len(model.calls) == 1
     assert model.calls[0].shape == (4, 5, 8)
     assert torch.equal(model.calls[0][:2], uncond) and torch.equal(model.calls[0][2:], cond)
@@ -76,7 +77,7 @@ def test_guided_without_unconditional_context_runs_only_the_conditional_pass():
     model = ToyDenoiser()
     x = torch.ones(1, 4, 3, 3)
     cond = torch.full((1, 5, 8), 1.0)
-    pred = guided(model, x, torch.tensor(2.0), cond, None, scale=1.0)
+    pred = guided(model, x, torch.tensor(2.0), Conditioning(cond), None, scale=1.0)
     assert len(model.calls) == 1 and model.calls[0].shape == (1, 5, 8)
     assert torch.equal(pred, torch.full((1, 4, 3, 3), 42.0))
 
@@ -121,7 +122,8 @@ def test_guided_batches_unconditional_conditional_and_each_negative_in_one_call(
     x = torch.ones(2, 4, 3, 3)  # (B, C, h, w)
     uncond = torch.zeros(2, 5, 8)  # context sums: 0, 40, 80, 120
     cond, neg1, neg2 = (torch.full((2, 5, 8), v) for v in (1.0, 2.0, 3.0))
-    pred = guided(model, x, torch.tensor(2.0), cond, uncond, 3.0, negative_contexts=[neg1, neg2], neg_scale=0.5)
+    negatives = [Conditioning(neg1), Conditioning(neg2)]
+    pred = guided(model, x, torch.tensor(2.0), Conditioning(cond), Conditioning(uncond), 3.0, negatives, neg_scale=0.5)
     assert len(model.calls) == 1 and model.calls[0].shape == (8, 5, 8)
     assert torch.equal(model.calls[0], torch.cat([uncond, cond, neg1, neg2]))
     # pred_u = 2, pred_c = 42, pred_n1 = 82, pred_n2 = 122: 2 + 3 * 40 - 0.5 * 80 - 0.5 * 120.
@@ -147,9 +149,9 @@ def test_rescale_works_per_image_and_matches_diffusers_to_the_bit():
 
 
 def test_guided_rescales_only_when_asked():
-    model = lambda x, t, context: x * context.mean(dim=(1, 2)).view(-1, 1, 1, 1)  # noqa: E731
+    model = lambda x, t, cond: x * cond.context.mean(dim=(1, 2)).view(-1, 1, 1, 1)  # noqa: E731
     x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(3))
-    cond, uncond = torch.full((1, 2, 2), 2.0), torch.full((1, 2, 2), 0.5)
+    cond, uncond = Conditioning(torch.full((1, 2, 2), 2.0)), Conditioning(torch.full((1, 2, 2), 0.5))
     plain = guided(model, x, torch.tensor(1.0), cond, uncond, 7.5)
     assert torch.equal(guided(model, x, torch.tensor(1.0), cond, uncond, 7.5, rescale=0.0), plain)
     rescaled = guided(model, x, torch.tensor(1.0), cond, uncond, 7.5, rescale=1.0)
@@ -191,7 +193,7 @@ def test_guide_within_is_a_closed_interval():
 def test_outside_the_interval_only_the_conditional_pass_runs():
     model = ToyDenoiser()
     x, cond, uncond = torch.ones(1, 4, 3, 3), torch.full((1, 5, 8), 1.0), torch.zeros(1, 5, 8)
-    pred = guided(model, x, torch.tensor(2.0), cond, uncond, 3.0, guide_at=lambda t: False)
+    pred = guided(model, x, torch.tensor(2.0), Conditioning(cond), Conditioning(uncond), 3.0, guide_at=lambda t: False)
     assert len(model.calls) == 1 and model.calls[0].shape == (1, 5, 8)
     assert torch.equal(pred, torch.full((1, 4, 3, 3), 42.0))  # the conditional prediction, unguided
 
@@ -231,6 +233,6 @@ def test_bad_intervals_say_what_to_type(text: str, words: str):
 
 def test_counted_denoiser_counts_rows():
     counted = CountedDenoiser(ToyDenoiser())
-    counted(torch.ones(6, 4, 3, 3), torch.tensor(1.0), torch.zeros(6, 5, 8))
-    counted(torch.ones(3, 4, 3, 3), torch.tensor(1.0), torch.zeros(3, 5, 8))
+    counted(torch.ones(6, 4, 3, 3), torch.tensor(1.0), Conditioning(torch.zeros(6, 5, 8)))
+    counted(torch.ones(3, 4, 3, 3), torch.tensor(1.0), Conditioning(torch.zeros(3, 5, 8)))
     assert counted.evaluations == 9

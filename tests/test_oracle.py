@@ -39,8 +39,8 @@ CASES = [  # (negative prompt, width, height): diffusers' pipeline wants multipl
 
 
 class Oracle:
-    def __init__(self, folder: Path):
-        self.pipe = StableDiffusionPipeline.from_pretrained(folder)
+    def __init__(self, folder: Path, pipeline: type = StableDiffusionPipeline, **options: Any):
+        self.pipe = pipeline.from_pretrained(folder, **options)
         self.pipe.set_progress_bar_config(disable=True)
         self.scheduler_config: Mapping[str, Any] = self.pipe.scheduler.config  # the model's own
         self.schedulers: dict[str, Any] = {}

@@ -19,7 +19,7 @@ def pipe(tiny_model: Path) -> StableDiffusionPipeline:
 
 
 def encode(model: Model, text: str, **options) -> torch.Tensor:
-    return encode_prompt(model.tokenizer, model.text_encoder, text, **options)
+    return encode_prompt(model.text_encoders, text, **options).context
 
 
 def test_prompts_are_padded_to_the_tokenizers_length(loaded: Model):
@@ -67,7 +67,7 @@ def test_chunk_counts_at_the_edges(loaded: Model):
 
 
 def test_the_negative_is_padded_with_empty_prompt_chunks(loaded: Model):
-    long, short = encode_prompts(loaded.tokenizer, loaded.text_encoder, ["red " * 100, "blue"], ["prompt", "neg"])
+    long, short = (c.context for c in encode_prompts(loaded.text_encoders, ["red " * 100, "blue"], ["prompt", "neg"]))
     assert long.shape == short.shape == (1, 2 * 77, 32)
     assert torch.allclose(short[:, :77], encode(loaded, "blue"), atol=1e-6)
     assert torch.allclose(short[:, 77:], encode(loaded, ""), atol=1e-6)

@@ -11,14 +11,22 @@ import pytest
 import torch
 from accelerate import init_empty_weights
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from ldm_layout import build_family_sd, clip_to_ldm, open_clip_to_ldm, pipeline_to_ldm, unet_to_ldm, vae_to_ldm
+from ldm_layout import (
+    build_family_sd,
+    build_family_sdxl,
+    clip_to_ldm,
+    open_clip_to_ldm,
+    pipeline_to_ldm,
+    unet_to_ldm,
+    vae_to_ldm,
+)
 from PIL import Image
 from safetensors.torch import save_file
 from test_bad_input import refused
-from transformers import CLIPTextConfig, CLIPTextModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 from typer.testing import CliRunner
 
-from sdcli.architecture import SD1, SD2, detect
+from sdcli.architecture import SD1, SD2, SDXL, SDXL_CLIP, SDXL_OPEN_CLIP, detect
 from sdcli.cli import app
 
 ARGS = ["a photo of a cat", "--width", "16", "--height", "16", "--steps", "2", "--seed", "7", "--dtype", "fp32"]
@@ -112,6 +120,13 @@ def _write(path: Path, tensors: dict) -> Path:
     return path
 
 
+# SDXL's refiner: a U-Net and one OpenCLIP encoder (conditioner.embedders.0.model.*), for image-to-image.
+REFINER = {
+    "conditioner.embedders.0.model.ln_final.weight": torch.zeros(1),
+    "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4),
+}
+
+
 @pytest.mark.parametrize(
     "make, words",
     [
@@ -121,8 +136,7 @@ def _write(path: Path, tensors: dict) -> Path:
          ["is empty"]),
         (lambda d: _write(d / "vae.safetensors", {"encoder.down.0.block.0.conv1.weight": torch.zeros(1)}),
          ["VAE alone", "--vae", "1 tensors"]),
-        (lambda d: _write(d / "xl.safetensors", {"conditioner.embedders.1.model.ln_final.weight": torch.zeros(1)}),
-         ["SDXL"]),
+        (lambda d: _write(d / "refiner.safetensors", REFINER), ["SDXL", "refiner", "XL checkpoint"]),
         (lambda d: _write(d / "lora.safetensors", {"lora_unet_down.alpha": torch.zeros(1)}), ["LoRA"]),
         (lambda d: _write(d / "other.safetensors", {"layers.0.weight": torch.zeros(2)}),
          ["no Stable Diffusion U-Net", "layers.0.* (1)"]),
@@ -159,6 +173,52 @@ SD21_UNET = dict(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=
                  attention_head_dim=[5, 10, 20, 20], use_linear_projection=True, layers_per_block=2, sample_size=96)  # fmt: skip
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)  # fmt: skip
+
+
+def test_an_sdxl_file_makes_the_pixels_of_its_folder_and_info_says_sdxl(tmp_path: Path):
+    folder = build_family_sdxl(tmp_path / "folder")
+    file = tmp_path / "sdxl.safetensors"
+    save_file(pipeline_to_ldm(folder, SDXL), file)
+    np.testing.assert_array_equal(pixels(file, tmp_path / "file.png"), pixels(folder, tmp_path / "folder.png"))
+    info = json.loads(run("info", str(file), "--json").stdout)
+    assert (info["family"], info["prediction_type"], info["width"]) == ("sdxl", "epsilon", 1024)
+    assert info["parameters"] == json.loads(run("info", str(folder), "--json").stdout)["parameters"]
+
+
+# SDXL base as diffusers' configs give it (stabilityai/stable-diffusion-xl-base-1.0), on the meta device.
+SDXL_UNET = dict(block_out_channels=(320, 640, 1280), layers_per_block=2, sample_size=128, cross_attention_dim=2048,
+                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                 up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                 attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+                 addition_embed_type="text_time", addition_time_embed_dim=256,
+                 projection_class_embeddings_input_dim=2816)  # fmt: skip
+
+
+def test_the_full_size_sdxl_architecture_is_recognised_from_shapes():
+    with init_empty_weights():
+        unet = UNet2DConditionModel(**SDXL_UNET)
+        vae = AutoencoderKL(**SD_VAE)
+        clip_l = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12))
+        big_g_config = CLIPTextConfig(
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_attention_heads=20,
+            num_hidden_layers=32,
+            projection_dim=1280,
+            hidden_act="gelu",
+        )
+        big_g = CLIPTextModelWithProjection(big_g_config)
+    with torch.device("meta"):
+        tensors = unet_to_ldm(unet) | vae_to_ldm(vae) | clip_to_ldm(clip_l, SDXL_CLIP)
+        tensors |= open_clip_to_ldm(big_g, SDXL_OPEN_CLIP)
+    arch = detect(tensors, "x")
+    assert (arch.family, arch.prediction_type, arch.native_size) == (SDXL, "epsilon", 1024)
+    for key, value in arch.unet.items():
+        assert getattr(unet.config, key) == value or list(getattr(unet.config, key)) == list(value), key
+    assert arch.vae["scaling_factor"] == 0.13025
+    assert (arch.text_encoder["num_hidden_layers"], arch.text_encoder["hidden_act"]) == (12, "quick_gelu")
+    assert arch.text_encoder_2["num_hidden_layers"] == 32  # all of them: SDXL reads the penultimate hidden states
+    assert (arch.text_encoder_2["num_attention_heads"], arch.text_encoder_2["projection_dim"]) == (20, 1280)
 
 
 @pytest.mark.parametrize("family", [SD1, SD2])

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 from diffusers import UNet2DConditionModel
 
+from sdcli.conditioning import Conditioning
 from sdcli.guidance import Denoiser
 from sdcli.schedule import Schedule
 
@@ -22,10 +23,12 @@ StepCallback = Callable[[int, int], None]
 
 
 def unet_denoiser(unet: UNet2DConditionModel) -> Denoiser:
-    """A diffusers U-Net as a plain (x, t, context) -> prediction function."""
+    """A diffusers U-Net as a plain (x, t, conditioning) -> prediction function."""
 
-    def denoiser(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        return unet(x, t, encoder_hidden_states=context, return_dict=False)[0]
+    def denoiser(x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        return unet(
+            x, t, encoder_hidden_states=cond.context, added_cond_kwargs=cond.added_cond_kwargs, return_dict=False
+        )[0]
 
     return denoiser
 

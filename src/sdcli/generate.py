@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from sdcli.conditioning import Conditioning
 from sdcli.denoise import StepCallback, denoise, initial_noise, unet_denoiser
 from sdcli.devices import DTYPE_NAMES, resolve_device, resolve_dtype
 from sdcli.geometry import check_size
@@ -59,6 +60,14 @@ def _batches(seeds: list[int], size: int) -> Iterator[list[int]]:
         yield seeds[start : start + size]
 
 
+def _conditionings(
+    model: Model, texts: list[str], labels: list[str], long_prompts: bool, height: int, width: int
+) -> list[Conditioning]:
+    """The prompts' conditioning for one image of height x width each (SDXL: with its size conditioning)."""
+    encoded = encode_prompts(model.text_encoders, texts, labels, long_prompts)
+    return [c.with_size(height, width) for c in encoded] if model.size_conditioned else encoded
+
+
 def make_images(model: Model, request: Request, on_step: StepCallback | None = None) -> Iterator[Generated]:
     """The request's images, in seed order, made `request.batch_size` at a time. `on_step(done, total)` counts
     timesteps over the whole request."""
@@ -82,10 +91,12 @@ def make_images(model: Model, request: Request, on_step: StepCallback | None = N
         labels.append("negative prompt" if request.neg_mode == "replace" else "empty prompt")
     texts += negatives
     labels += [f"negative prompt {i + 1}" for i in range(len(negatives))]
-    # (1, L, D) each; L = 77 per chunk, the same for all prompts
-    context, *others = encode_prompts(model.tokenizer, model.text_encoder, texts, labels, request.long_prompts)
-    uncond_context = others.pop(0) if with_uncond else None
-    negative_contexts = others  # (1, L, D) each
+    # One image's each: contexts (1, L, D), L = 77 per chunk, the same for all prompts; SDXL: pooled, size
+    cond, *others = _conditionings(model, texts, labels, request.long_prompts, height, width)
+    uncond = others.pop(0) if with_uncond else None
+    if uncond is not None and not texts[1] and model.force_zeros_for_empty_prompt:  # texts[1]: the unconditional
+        uncond = uncond.zeros_like()  # SDXL: an empty unconditional prompt is zero embeddings, as diffusers gives it
+    negative_conds = others
     guide_at = (
         guide_within(parse_interval(request.guidance_interval), scheduler.alphas_cumprod)
         if request.guidance_interval is not None
@@ -105,10 +116,10 @@ def make_images(model: Model, request: Request, on_step: StepCallback | None = N
         predict = partial(
             guided,
             denoiser,
-            context=context.repeat(n, 1, 1),  # (n, L, D)
-            uncond_context=None if uncond_context is None else uncond_context.repeat(n, 1, 1),
+            cond=cond.repeat(n),  # context (n, L, D)
+            uncond=None if uncond is None else uncond.repeat(n),
             scale=request.cfg,
-            negative_contexts=[c.repeat(n, 1, 1) for c in negative_contexts],
+            negatives=[c.repeat(n) for c in negative_conds],
             neg_scale=neg_scale,
             rescale=request.cfg_rescale,
             guide_at=guide_at,

@@ -25,10 +25,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from sdcli.conditioning import Conditioning
 from sdcli.intervals import GuidanceInterval
 
-# A conditional denoiser: (x (B, C, h, w), t (scalar), context (B, L, D)) -> prediction (B, C, h, w).
-Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# A conditional denoiser: (x (B, C, h, w), t (scalar), conditioning of B images) -> prediction (B, C, h, w).
+Denoiser = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 # Whether to guide at timestep t (outside the guidance interval: the conditional pass alone).
 GuideAt = Callable[[torch.Tensor], bool]
 
@@ -98,21 +99,21 @@ def guided(
     model: Denoiser,
     x: torch.Tensor,
     t: torch.Tensor,
-    context: torch.Tensor,
-    uncond_context: torch.Tensor | None,
+    cond: Conditioning,
+    uncond: Conditioning | None,
     scale: float,
-    negative_contexts: Sequence[torch.Tensor] = (),
+    negatives: Sequence[Conditioning] = (),
     neg_scale: float = 0.0,
     rescale: float = 0.0,
     guide_at: GuideAt | None = None,
 ) -> torch.Tensor:
     """The guided prediction for x (B, C, h, w), all branches in one batched model call: unconditional,
-    conditional, then each separate negative. Contexts are (B, L, D). The conditional branch runs alone when
-    `uncond_context` is None (w = 1 without separate negatives) or `guide_at(t)` is false."""
-    if uncond_context is None or (guide_at is not None and not guide_at(t)):
-        return model(x, t, context)
-    branches = [uncond_context, context, *negative_contexts]
-    pred = model(torch.cat([x] * len(branches)), t, torch.cat(branches))  # (len(branches) * B, C, h, w)
+    conditional, then each separate negative, each a conditioning of B images. The conditional branch runs alone
+    when `uncond` is None (w = 1 without separate negatives) or `guide_at(t)` is false."""
+    if uncond is None or (guide_at is not None and not guide_at(t)):
+        return model(x, t, cond)
+    branches = [uncond, cond, *negatives]
+    pred = model(torch.cat([x] * len(branches)), t, Conditioning.cat(branches))  # (len(branches) * B, C, h, w)
     pred_uncond, pred_cond, *preds_neg = pred.chunk(len(branches))  # (B, C, h, w) each
     pred_guided = subtract_negatives(cfg(pred_uncond, pred_cond, scale), pred_uncond, preds_neg, neg_scale)
     return rescale_cfg(pred_guided, pred_cond, rescale) if rescale > 0 else pred_guided
@@ -125,6 +126,6 @@ class CountedDenoiser:
         self.model = model
         self.evaluations = 0
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         self.evaluations += x.shape[0]
-        return self.model(x, t, context)
+        return self.model(x, t, cond)

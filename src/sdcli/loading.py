@@ -1,10 +1,13 @@
-"""A model reference to components on a device: U-Net, VAE, CLIP text encoder and tokenizer, and the scheduler config.
+"""A model reference to components on a device: U-Net, VAE, CLIP text encoder(s) and tokenizer(s), scheduler config.
 
 The one place that turns a model into components: a diffusers folder (built-in, local or from the Hugging Face
 cache) loads with diffusers' and transformers' own classes from safetensors weights; a single checkpoint file in
 the original layout is read by `sdcli.checkpoints`, recognised by `sdcli.architecture` and rebuilt by
 `sdcli.single_file`, offline. Everything the loop needs to know about the model is read from its configs here,
 never from constants. `--vae`, tiling, offload, channels-last and compilation are applied here too.
+
+An SDXL folder (a U-Net with `addition_embed_type="text_time"`) also has `tokenizer_2` and `text_encoder_2` (a
+`CLIPTextModelWithProjection`), and its pipeline config's `force_zeros_for_empty_prompt` (diffusers' default: true).
 """
 
 from __future__ import annotations
@@ -19,15 +22,22 @@ from typing import Any
 import diffusers
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from sdcli.architecture import VAE, detect, describe, vae_config
+from sdcli.architecture import SD1, SDXL, VAE, VAE_SCALING_FACTOR, describe, detect, family_of, vae_config
 from sdcli.checkpoints import read_checkpoint
 from sdcli.errors import Failure, UsageError, reason
 from sdcli.geometry import latent_scale, native_size
 from sdcli.references import ModelFile, ModelFolder, resolve_vae
 from sdcli.settings import Request
-from sdcli.single_file import build_text_encoder, build_unet, build_vae, clip_tokenizer, scheduler_config
+from sdcli.single_file import (
+    build_text_encoder,
+    build_text_encoder_2,
+    build_unet,
+    build_vae,
+    clip_tokenizer,
+    scheduler_config,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +55,7 @@ class LoadOptions:
 
 @dataclass
 class Model:
-    """A loaded Stable Diffusion model, ready for inference on one device."""
+    """A loaded Stable Diffusion (1.x, 2.x or XL) model, ready for inference on one device."""
 
     reference: str  # what loads it again (see ModelFolder, ModelFile)
     tokenizer: CLIPTokenizer
@@ -54,7 +64,27 @@ class Model:
     vae: AutoencoderKL  # in fp32 when the weights are fp16 and its config asks for `force_upcast`
     scheduler_config: Mapping[str, Any]  # the model's own: betas, timestep spacing, prediction_type
     device: torch.device
-    dtype: torch.dtype  # of the U-Net and text encoder, and so of the latents
+    dtype: torch.dtype  # of the U-Net and text encoders, and so of the latents
+    tokenizer_2: CLIPTokenizer | None = None  # SDXL: OpenCLIP ViT-bigG's tokenizer (CLIP's vocabulary, pads with "!")
+    text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL: the second encoder, with the pooled projection
+    force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is zero embeddings, not encoded
+
+    @property
+    def text_encoders(self) -> list[tuple[CLIPTokenizer, CLIPTextModel | CLIPTextModelWithProjection]]:
+        """(tokenizer, text encoder) pairs in the order their hidden states are concatenated."""
+        pairs = [(self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)]
+        return [(tokenizer, encoder) for tokenizer, encoder in pairs if encoder is not None]
+
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        """The torch modules, in the order a generation runs them."""
+        modules = (self.text_encoder, self.text_encoder_2, self.unet, self.vae)
+        return [module for module in modules if module is not None]
+
+    @property
+    def size_conditioned(self) -> bool:
+        """Whether the U-Net takes SDXL's pooled text embedding and size and crop conditioning."""
+        return family_of(self.unet.config) is SDXL
 
     @property
     def latent_scale(self) -> int:
@@ -84,8 +114,28 @@ def vae_dtype(dtype: torch.dtype, config: Mapping[str, Any]) -> torch.dtype:
     return torch.float32 if dtype == torch.float16 and config.get("force_upcast", False) else dtype
 
 
-def _from_folder(model: ModelFolder, dtype: torch.dtype) -> tuple:
+def _sdxl_from_folder(model: ModelFolder, dtype: torch.dtype, index: Mapping[str, Any]) -> dict[str, Any]:
+    """SDXL's second tokenizer and text encoder, and its pipeline config's `force_zeros_for_empty_prompt`."""
     folder = model.folder
+    return {
+        "tokenizer_2": _load(
+            "second tokenizer", model, lambda: CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2")
+        ),
+        "text_encoder_2": _load(
+            "second text encoder",
+            model,
+            lambda: CLIPTextModelWithProjection.from_pretrained(
+                folder, subfolder="text_encoder_2", dtype=dtype, use_safetensors=True
+            ),
+        ),
+        "force_zeros_for_empty_prompt": index.get("force_zeros_for_empty_prompt", True),
+    }
+
+
+def _from_folder(model: ModelFolder, dtype: torch.dtype) -> dict[str, Any]:
+    """The components of a diffusers folder, as keyword arguments of `Model`."""
+    folder = model.folder
+    index = json.loads((folder / "model_index.json").read_text())
     tokenizer = _load("tokenizer", model, lambda: CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"))
     text_encoder = _load(
         "text encoder",
@@ -106,16 +156,25 @@ def _from_folder(model: ModelFolder, dtype: torch.dtype) -> tuple:
         ),
     )
     # Through the model's own scheduler class, so its defaults fill the config as in diffusers' pipelines.
-    scheduler_class = json.loads((folder / "model_index.json").read_text())["scheduler"][1]
     scheduler = _load(
         "scheduler",
         model,
-        lambda: getattr(diffusers, scheduler_class).from_pretrained(folder, subfolder="scheduler").config,
+        lambda: getattr(diffusers, index["scheduler"][1]).from_pretrained(folder, subfolder="scheduler").config,
     )
-    return tokenizer, text_encoder, unet, vae, scheduler
+    components = {
+        "tokenizer": tokenizer,
+        "text_encoder": text_encoder,
+        "unet": unet,
+        "vae": vae,
+        "scheduler_config": scheduler,
+    }
+    if family_of(unet.config) is SDXL:
+        components |= _sdxl_from_folder(model, dtype, index)
+    return components
 
 
-def _from_file(model: ModelFile, dtype: torch.dtype, has_vae: bool) -> tuple:
+def _from_file(model: ModelFile, dtype: torch.dtype, has_vae: bool) -> dict[str, Any]:
+    """The components of an original-layout checkpoint, as keyword arguments of `Model` (no VAE when `has_vae`)."""
     source = str(model.path)
     tensors = read_checkpoint(model.path, model.allow_pickle)
     arch = detect(tensors, source)
@@ -127,11 +186,27 @@ def _from_file(model: ModelFile, dtype: torch.dtype, has_vae: bool) -> tuple:
     vae = build_vae(arch.vae, tensors, source) if arch.vae and not has_vae else None
     if vae is not None:
         vae.to(vae_dtype(dtype, vae.config))
-    return clip_tokenizer(arch.family), text_encoder, unet, vae, scheduler_config(arch.family, arch.prediction_type)
+    components = {
+        "tokenizer": clip_tokenizer(arch.family),
+        "text_encoder": text_encoder,
+        "unet": unet,
+        "vae": vae,
+        "scheduler_config": scheduler_config(arch.family, arch.prediction_type),
+    }
+    if arch.family is SDXL:  # and its pipeline's default: an empty negative prompt is zero embeddings
+        components |= {
+            "tokenizer_2": clip_tokenizer(arch.family, "tokenizer_2"),
+            "text_encoder_2": build_text_encoder_2(arch, tensors, source).to(dtype),
+            "force_zeros_for_empty_prompt": True,
+        }
+    return components
 
 
-def load_vae(path: Path, dtype: torch.dtype, native: int, allow_pickle: bool = False) -> AutoencoderKL:
-    """A VAE from a diffusers VAE folder, a diffusers model folder (its vae/), or an original-layout file."""
+def load_vae(
+    path: Path, dtype: torch.dtype, native: int, allow_pickle: bool = False, scaling_factor: float = VAE_SCALING_FACTOR
+) -> AutoencoderKL:
+    """A VAE from a diffusers VAE folder, a diffusers model folder (its vae/), or an original-layout file (whose
+    latents are scaled by `scaling_factor`, the model family's)."""
     if path.is_dir():
         subfolder = "" if (path / "config.json").is_file() else "vae"
         source = ModelFolder(str(path), path)
@@ -150,7 +225,7 @@ def load_vae(path: Path, dtype: torch.dtype, native: int, allow_pickle: bool = F
             k.startswith("encoder.down_blocks.") for k in tensors
         ) else "not a VAE in the original layout (encoder.down.*, decoder.up.*)"
         raise UsageError(f"--vae {path} holds {describe(tensors)}; it is {layout}")
-    vae = build_vae(vae_config(tensors, prefix, native), tensors, str(path))
+    vae = build_vae(vae_config(tensors, prefix, native, scaling_factor), tensors, str(path))
     return vae.to(vae_dtype(dtype, vae.config))
 
 
@@ -166,7 +241,7 @@ def _speed_up(model: Model, options: LoadOptions) -> None:
         from accelerate import cpu_offload_with_hook
 
         hook = None
-        for module in (model.text_encoder, model.unet, model.vae):  # the order they run in: each evicts the last
+        for module in model.modules:  # the order they run in: each evicts the last
             _, hook = cpu_offload_with_hook(module, model.device, prev_module_hook=hook)
     if options.compile:
         model.unet.compile(dynamic=False)
@@ -175,22 +250,23 @@ def _speed_up(model: Model, options: LoadOptions) -> None:
 def load_model(
     model: ModelFolder | ModelFile, device: torch.device, dtype: torch.dtype, options: LoadOptions = LoadOptions()
 ) -> Model:
-    """Load the five components of `model` onto `device`."""
+    """Load the components of `model` (five; seven for SDXL) onto `device`."""
     if options.offload and device.type != "cuda":
         raise UsageError("--offload keeps idle components in CPU memory while a GPU runs; it needs --device cuda")
     if isinstance(model, ModelFile):
-        tokenizer, text_encoder, unet, vae, scheduler = _from_file(model, dtype, options.vae is not None)
+        components = _from_file(model, dtype, options.vae is not None)
     else:
-        tokenizer, text_encoder, unet, vae, scheduler = _from_folder(model, dtype)
+        components = _from_folder(model, dtype)
     if options.vae is not None:
+        unet, vae = components["unet"], components["vae"]
         native = native_size(unet.config, vae.config)[0] if vae else unet.config.sample_size * 8  # SD's VAE: 8
-        vae = load_vae(options.vae, dtype, native, options.allow_pickle)
-    modules = (text_encoder, unet, vae)
-    for module in modules:
+        scaling_factor = (family_of(unet.config) or SD1).vae_scaling_factor
+        components["vae"] = load_vae(options.vae, dtype, native, options.allow_pickle, scaling_factor)
+    loaded = Model(model.reference, device=device, dtype=dtype, **components)
+    for module in loaded.modules:
         module.eval().requires_grad_(False)
         if not options.offload:
             module.to(device)
-    loaded = Model(model.reference, tokenizer, text_encoder, unet, vae, scheduler, device, dtype)
     _speed_up(loaded, options)
     return loaded
 

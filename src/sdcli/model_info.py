@@ -18,13 +18,13 @@ from sdcli.geometry import native_size
 from sdcli.references import ModelFile, ModelFolder
 
 _DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F64": "fp64"}
-COMPONENTS = ("unet", "vae", "text_encoder")
+COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")  # text_encoder_2: SDXL's, where present
 
 
 @dataclass(frozen=True)
 class ModelInfo:
     model: str  # the reference that loads it
-    family: str  # "sd1", "sd2", or "unknown" (a diffusers folder of another width)
+    family: str  # "sd1", "sd2", "sdxl", or "unknown" (a diffusers folder of another width)
     family_title: str
     prediction_type: str
     width: int  # native size in pixels
@@ -42,7 +42,7 @@ def _folder_info(model: ModelFolder) -> ModelInfo:
     vae_config = json.loads((folder / "vae" / "config.json").read_text())
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     parameters, dtypes = {}, Counter()
-    for component in COMPONENTS:
+    for component in (c for c in COMPONENTS if (folder / c).is_dir()):
         total = 0
         for file in sorted((folder / component).glob("*.safetensors")):
             if file.name.count(".") > 1:  # variants (model.fp16.safetensors) repeat the same weights
@@ -74,6 +74,8 @@ def _file_info(model: ModelFile) -> ModelInfo:
     tensors = read_checkpoint(model.path, model.allow_pickle)
     arch = detect(tensors, str(model.path))
     prefixes = {"unet": UNET, "vae": VAE, "text_encoder": arch.family.text_prefix}
+    if arch.family.text_prefix_2:
+        prefixes["text_encoder_2"] = arch.family.text_prefix_2
     parameters = {c: sum(t.numel() for k, t in tensors.items() if k.startswith(p)) for c, p in prefixes.items()}
     dtypes = Counter()
     for tensor in tensors.values():

@@ -13,6 +13,13 @@ encoded exactly as diffusers' pipelines do it (the same tensor, to the bit).
 
 With `long_prompts=False` only the first chunk is kept (diffusers' truncation), with a warning that says how many
 tokens were dropped.
+
+SDXL has two text encoders (CLIP ViT-L and OpenCLIP ViT-bigG, with a projection): a prompt is chunked under each
+tokenizer (they share CLIP's vocabulary, so the chunks line up), each encoder's penultimate hidden states are
+weighted as above and the two are concatenated along the features, (1, 77 * K, 768 + 1280) for the real model, as
+diffusers' `StableDiffusionXLPipeline.encode_prompt` does. The pooled embedding (1, 1280) is the second encoder's
+projection of the first chunk, unweighted, as AUTOMATIC1111 takes it; for a plain prompt of one chunk both are
+diffusers' tensors to the bit. Long prompts, BREAK and emphasis work as for SD.
 """
 
 from __future__ import annotations
@@ -22,11 +29,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers import CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from sdcli.conditioning import Conditioning
 from sdcli.emphasis import parse_emphasis
 
 log = logging.getLogger(__name__)
+
+# (tokenizer, text encoder) pairs, in the order their hidden states are concatenated: one for SD, two for SDXL.
+Encoders = Sequence[tuple[CLIPTokenizer, CLIPTextModel | CLIPTextModelWithProjection]]
 
 
 @dataclass(frozen=True)
@@ -104,19 +115,39 @@ def emphasize(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def encode_chunks(text_encoder: CLIPTextModel, chunks: Chunks) -> torch.Tensor:
-    """The (1, K * L, D) context of K chunks: each encoded on its own (one batched call), weighted, concatenated."""
+def encode_chunks(
+    text_encoder: CLIPTextModel | CLIPTextModelWithProjection, chunks: Chunks, penultimate: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """K chunks, each encoded on its own (one batched call) and weighted: the hidden states (K, L, D) of the last
+    layer (after the final layer norm, as SD 1.x/2.x read them) or with `penultimate` of the layer before (as SDXL
+    reads both its encoders), and the pooled projection (K, P) when `penultimate` and the encoder has one."""
     input_ids = torch.tensor(chunks.input_ids, device=text_encoder.device)  # (K, L)
     # SD's CLIP encoders attend over the padding; only encoders whose config says so take the mask (as diffusers).
     mask = None
     if getattr(text_encoder.config, "use_attention_mask", False):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (L,)
         mask = (positions < torch.tensor(chunks.lengths, device=input_ids.device).unsqueeze(1)).long()  # (K, L)
-    z = text_encoder(input_ids, attention_mask=mask)[0]  # (K, L, D)
+    if penultimate:
+        output = text_encoder(input_ids, attention_mask=mask, output_hidden_states=True)
+        z, pooled = output.hidden_states[-2], getattr(output, "text_embeds", None)  # (K, L, D), (K, P)
+    else:
+        z, pooled = text_encoder(input_ids, attention_mask=mask)[0], None  # (K, L, D)
     if chunks.weighted:
         weights = torch.tensor(chunks.weights, device=z.device, dtype=torch.float32)  # (K, L)
         z = emphasize(z.float(), weights)
-    return z.reshape(1, -1, z.shape[-1]).to(dtype=text_encoder.dtype)  # (1, K * L, D)
+    return z.to(dtype=text_encoder.dtype), pooled
+
+
+def _conditioning(encoders: Encoders, chunks: Sequence[Chunks]) -> Conditioning:
+    """One prompt's (1, K * L, D) context from its chunks under each encoder, hidden states concatenated along the
+    features (D = D_1 + D_2 for SDXL); the pooled embedding (1, P) is the last encoder's of the first chunk."""
+    encoded = [
+        encode_chunks(text_encoder, prompt_chunks, penultimate=len(encoders) > 1)
+        for (_, text_encoder), prompt_chunks in zip(encoders, chunks, strict=True)
+    ]
+    z = torch.cat([hidden for hidden, _ in encoded], dim=-1)  # (K, L, D)
+    pooled = encoded[-1][1]  # (K, P) or None
+    return Conditioning(z.reshape(1, -1, z.shape[-1]), None if pooled is None else pooled[:1])
 
 
 def _warn_dropped(tokenizer: CLIPTokenizer, chunks: Chunks, label: str) -> None:
@@ -132,27 +163,22 @@ def _warn_dropped(tokenizer: CLIPTokenizer, chunks: Chunks, label: str) -> None:
 
 
 def encode_prompts(
-    tokenizer: CLIPTokenizer,
-    text_encoder: CLIPTextModel,
-    texts: Sequence[str],
-    labels: Sequence[str],
-    long_prompts: bool = True,
-) -> list[torch.Tensor]:
-    """The (1, K * L, D) contexts of several prompts, padded to the same number of chunks K so they batch."""
-    tokenized = [tokenize_prompt(tokenizer, text, long_prompts) for text in texts]
-    for chunks, label in zip(tokenized, labels, strict=True):
-        _warn_dropped(tokenizer, chunks, label)
-    count = max((len(chunks.input_ids) for chunks in tokenized), default=1)
-    return [encode_chunks(text_encoder, pad_chunks(tokenizer, chunks, count)) for chunks in tokenized]
+    encoders: Encoders, texts: Sequence[str], labels: Sequence[str], long_prompts: bool = True
+) -> list[Conditioning]:
+    """The conditioning of several prompts, one image each: contexts (1, K * L, D) padded to the same number of
+    chunks K so they batch, and for SDXL the pooled embeddings (1, P)."""
+    tokenized = [[tokenize_prompt(tokenizer, text, long_prompts) for tokenizer, _ in encoders] for text in texts]
+    for per_encoder, label in zip(tokenized, labels, strict=True):
+        _warn_dropped(encoders[0][0], per_encoder[0], label)  # the encoders share CLIP's vocabulary: warn once
+    count = max((len(chunks.input_ids) for per_encoder in tokenized for chunks in per_encoder), default=1)
+    return [
+        _conditioning(encoders, [pad_chunks(tokenizer, c, count) for (tokenizer, _), c in zip(encoders, per_encoder)])
+        for per_encoder in tokenized
+    ]
 
 
-def encode_prompt(
-    tokenizer: CLIPTokenizer,
-    text_encoder: CLIPTextModel,
-    text: str,
-    label: str = "prompt",
-    long_prompts: bool = True,
-) -> torch.Tensor:
-    """The (1, K * L, D) context for one prompt: L = model_max_length tokens, D = the text encoder's width."""
-    (context,) = encode_prompts(tokenizer, text_encoder, [text], [label], long_prompts)
-    return context
+def encode_prompt(encoders: Encoders, text: str, label: str = "prompt", long_prompts: bool = True) -> Conditioning:
+    """The conditioning for one prompt: a context (1, K * L, D), L = model_max_length tokens, D = the text
+    encoders' widths summed; SDXL's pooled embedding (1, P)."""
+    (conditioning,) = encode_prompts(encoders, [text], [label], long_prompts)
+    return conditioning

@@ -22,9 +22,10 @@ from sdcli.errors import Failure, UsageError, reason
 from sdcli.settings import DEFAULT_MODEL
 
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_COMPONENTS = ("tokenizer_2", "text_encoder_2")  # required too where model_index.json names text_encoder_2
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
-# What a repo download fetches: the five components, safetensors weights in full precision only.
-_HUB_ALLOW = ["model_index.json", *(f"{name}/*" for name in REQUIRED_COMPONENTS)]
+# What a repo download fetches: the five components (seven for SDXL), safetensors weights in full precision only.
+_HUB_ALLOW = ["model_index.json", *(f"{name}/*" for name in REQUIRED_COMPONENTS + SDXL_COMPONENTS)]
 _HUB_IGNORE = ["*.bin", "*.ckpt", "*.pt", "*.msgpack", "*.onnx", "*.h5", "*.pb", "*.fp16.*", "*non_ema*"]
 
 
@@ -92,7 +93,7 @@ def builtin_models() -> list[Path]:
 
 
 def check_sd_folder(folder: Path) -> None:
-    """A usage error unless `folder` holds a Stable Diffusion 1.x/2.x model in diffusers format."""
+    """A usage error unless `folder` holds a Stable Diffusion 1.x/2.x or XL model in diffusers format."""
     index_file = folder / "model_index.json"
     if not folder.is_dir():
         raise UsageError(f"model {folder} is not a folder; pass a diffusers model folder (model_index.json)")
@@ -107,14 +108,15 @@ def check_sd_folder(folder: Path) -> None:
         raise UsageError(f"{index_file} is not valid JSON; pass a folder saved by diffusers' save_pretrained") from None
     if not isinstance(index, dict):
         raise UsageError(f"{index_file} is not a JSON object; pass a folder saved by diffusers' save_pretrained")
-    if "text_encoder_2" in index or "unet" not in index and "transformer" in index:
+    if "unet" not in index and "transformer" in index:
         kind = index.get("_class_name", "another kind of model")
-        raise UsageError(f"{folder} is a {kind}, not Stable Diffusion 1.x/2.x; pass an SD 1.x or 2.x model")
-    missing = [name for name in REQUIRED_COMPONENTS if not (isinstance(index.get(name), list) and index[name][0])]
+        raise UsageError(f"{folder} is a {kind}, not Stable Diffusion 1.x/2.x or XL; pass an SD 1.x, 2.x or XL model")
+    required = REQUIRED_COMPONENTS + (SDXL_COMPONENTS if "text_encoder_2" in index else ())
+    missing = [name for name in required if not (isinstance(index.get(name), list) and index[name][0])]
     if missing:
         raise UsageError(
             f"{folder} is not a Stable Diffusion model: model_index.json has no {', '.join(missing)}; "
-            "pass a model with a U-Net, VAE, CLIP text encoder, tokenizer and scheduler"
+            "pass a model with a U-Net, VAE, CLIP text encoder, tokenizer and scheduler (SDXL: two of each of these)"
         )
 
 

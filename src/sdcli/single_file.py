@@ -25,9 +25,9 @@ from diffusers.loaders.single_file_utils import (
     convert_ldm_vae_checkpoint,
     convert_open_clip_checkpoint,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from sdcli.architecture import OPEN_CLIP, SD2, Architecture, Family
+from sdcli.architecture import SD2, Architecture, Family
 from sdcli.checkpoints import Tensors
 from sdcli.errors import Failure
 
@@ -56,10 +56,11 @@ def _clip_bpe() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     return {word: i for i, word in enumerate(words)}, merges
 
 
-def clip_tokenizer(family: Family) -> CLIPTokenizer:
-    """The family's CLIP tokenizer (77 tokens; SD 2.x pads with "!"), from bundled files only."""
+def clip_tokenizer(family: Family, name: str = "tokenizer") -> CLIPTokenizer:
+    """The family's CLIP tokenizer `name` (SDXL's second: "tokenizer_2"), 77 tokens, from bundled files only; the
+    OpenCLIP ones (SD 2.x's, SDXL's second) pad with "!"."""
     vocab, merges = _clip_bpe()
-    settings = json.loads(_configs().joinpath(f"{family.name}/tokenizer_config.json").read_text())
+    settings = json.loads(_configs().joinpath(f"{family.name}/{name}_config.json").read_text())
     return CLIPTokenizer(vocab=dict(vocab), merges=list(merges), **settings)
 
 
@@ -98,13 +99,33 @@ def build_vae(config: Mapping[str, Any], tensors: Tensors, source: str) -> Autoe
     return _fill(vae, convert_ldm_vae_checkpoint(tensors, dict(vae.config)), "VAE", source)
 
 
-def build_text_encoder(arch: Architecture, tensors: Tensors, source: str) -> CLIPTextModel:
+def _text_encoder(
+    cls: type, config: Mapping[str, Any], tensors: Tensors, open_clip: str | None, what: str, source: str
+) -> CLIPTextModel | CLIPTextModelWithProjection:
+    """A `cls` text encoder from OpenAI CLIP's tensors, or with `open_clip` (a prefix) from OpenCLIP's."""
     with init_empty_weights():
-        text_encoder = CLIPTextModel(CLIPTextConfig(**arch.text_encoder))
-    if arch.family is SD2:
-        state = convert_open_clip_checkpoint(text_encoder, tensors, prefix=OPEN_CLIP)
+        text_encoder = cls(CLIPTextConfig(**config))
+    if open_clip:
+        state = convert_open_clip_checkpoint(text_encoder, tensors, prefix=open_clip)
     else:
         state = convert_ldm_clip_checkpoint(tensors)
     if not hasattr(text_encoder, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
-    return _fill(text_encoder, state, "text encoder", source)
+    return _fill(text_encoder, state, what, source)
+
+
+def build_text_encoder(arch: Architecture, tensors: Tensors, source: str) -> CLIPTextModel:
+    open_clip = arch.family.text_prefix if arch.family is SD2 else None
+    return _text_encoder(CLIPTextModel, arch.text_encoder, tensors, open_clip, "text encoder", source)
+
+
+def build_text_encoder_2(arch: Architecture, tensors: Tensors, source: str) -> CLIPTextModelWithProjection:
+    """SDXL's second text encoder (OpenCLIP ViT-bigG), with the projection that gives the pooled embedding."""
+    return _text_encoder(
+        CLIPTextModelWithProjection,
+        arch.text_encoder_2,
+        tensors,
+        open_clip=arch.family.text_prefix_2,
+        what="second text encoder",
+        source=source,
+    )
