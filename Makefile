@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch goes in first and on its own, so pip never resolves a multi-GB CUDA build here.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-slow demo bench bench-cpu bench-gpu shapes-model clean
+.PHONY: install test test-slow demo bench bench-cpu bench-gpu shapes-model shapes-classifier clean
 
 install: $(VENV)/.installed
 
@@ -36,6 +36,9 @@ bench-gpu: install  # SD 1.5 architecture at 512x512, 30 steps, fp16, batch 1 an
 
 shapes-model: install
 	$(BIN)/sdcli train-shapes --out src/sdcli/models/shapes --work-dir runs/shapes
+
+shapes-classifier: install  # needs runs/shapes/latents.pt from shapes-model
+	$(BIN)/python -m sdcli.shapes.train_classifier --work-dir runs/shapes --out src/sdcli/models/shapes/classifier
 
 clean:
 	rm -rf $(VENV) outputs build src/*.egg-info

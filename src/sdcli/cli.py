@@ -25,7 +25,16 @@ from sdcli.geometry import native_size
 from sdcli.metadata import INFOTEXT_KEY, read_chunks, settings_from_png
 from sdcli.references import builtin_models
 from sdcli.samplers import NAMES, SAMPLERS
-from sdcli.settings import DEFAULT_MODEL, DEVICES, DTYPES, NEG_MODES, Output, Request, random_seed
+from sdcli.settings import (
+    DEFAULT_CLASSIFIER_SCALE,
+    DEFAULT_MODEL,
+    DEVICES,
+    DTYPES,
+    NEG_MODES,
+    Output,
+    Request,
+    random_seed,
+)
 
 MODEL_ENV = "SDCLI_MODEL"
 DEBUG_ENV = "SDCLI_DEBUG"
@@ -56,7 +65,7 @@ class OneLineErrors(TyperGroup):
         except SdcliError as error:
             error_line(str(error))
             code = error.exit_code
-        except Exception as error:  # noqa: BLE001 - a bug or an unforeseen failure: still one line, unless debugging
+        except Exception as error:
             if os.environ.get(DEBUG_ENV):
                 raise
             error_line(f"unexpected {type(error).__name__}: {reason(error)} (set {DEBUG_ENV}=1 to see where)")
@@ -116,6 +125,24 @@ def build_request(given: dict[str, Any], from_image: Path | None) -> Request:
 
 
 DEFAULTS = {f.name: f.default for f in fields(Request)}  # --help shows the defaults the settings define
+ClassifierOption = Annotated[
+    str | None,
+    typer.Option(
+        metavar="HEAD=LABEL,...",
+        help="Classifier guidance (Dhariwal & Nichol 2021) towards these labels of the model's noise-aware "
+        "classifier, e.g. color=red,shape=circle (the built-in shapes model ships one). Works with any prompt, "
+        "the empty one included, and with --cfg.",
+        show_default="off",
+    ),
+]
+ClassifierScaleOption = Annotated[
+    float | None,
+    typer.Option(
+        metavar="S",
+        help="Classifier guidance scale s: eps - s sqrt(1 - alphabar_t) grad log p(y | x_t).",
+        show_default=f"{DEFAULT_CLASSIFIER_SCALE:g} with --classifier",
+    ),
+]
 
 
 @app.command()
@@ -175,6 +202,8 @@ def generate(
             show_default="long",
         ),
     ] = None,
+    classifier: ClassifierOption = None,
+    classifier_scale: ClassifierScaleOption = None,
     cfg: Annotated[float | None, typer.Option(help="Guidance scale w.", show_default=str(DEFAULTS["cfg"]))] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps.", show_default=str(DEFAULTS["steps"]))] = None,
     sampler: Annotated[
@@ -240,6 +269,8 @@ def generate(
         "cfg_rescale": cfg_rescale,
         "guidance_interval": guidance_interval,
         "long_prompts": long_prompts,
+        "classifier": classifier,
+        "classifier_scale": classifier_scale,
         "cfg": cfg,
         "steps": steps,
         "sampler": sampler.value if sampler else None,
@@ -382,8 +413,10 @@ QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress ba
 def sweep_guidance(
     prompt: Annotated[str, typer.Argument(help="The prompt; - reads it from stdin.", show_default=False)],
     cfg: Annotated[
-        str, typer.Option("--cfg", help="Guidance scales (columns): a list 1,3,7.5 or a range start:stop:step.")
-    ] = "1,3,5,7.5,10",
+        str | None,
+        typer.Option("--cfg", help="Guidance scales (columns): a list 1,3,7.5 or a range start:stop:step; one "
+                     "scale when the columns are --classifier-scale.", show_default="1,3,5,7.5,10"),
+    ] = None,
     seeds: Annotated[
         str, typer.Option(help="Seeds (rows): a count N (--seed .. --seed+N-1) or a list 1,5,9.")
     ] = "4",
@@ -396,6 +429,12 @@ def sweep_guidance(
     neg_scale: Annotated[
         str | None,
         typer.Option(help="Scales of the negative prompt's own term (--neg-mode separate) as rows: list or range."),
+    ] = None,
+    classifier: ClassifierOption = None,
+    classifier_scale: Annotated[
+        str | None,
+        typer.Option(metavar="S,S,...", help="Classifier guidance scales (with --classifier) as the columns, in "
+                     "place of --cfg's: a list or a range.", show_default=False),
     ] = None,
     model: ModelOption = None,
     neg: NegOption = None,
@@ -422,9 +461,20 @@ def sweep_guidance(
     interactive = sys.stderr.isatty() and not quiet
     setup_logging(verbose=interactive)
     samplers = parse_words(sampler) if sampler else ()
+    scales = parse_numbers(cfg or "1,3,5,7.5,10", "--cfg")
+    column, cfg_scale = "cfg", None  # the columns, and w when the columns are not w
+    if classifier_scale is not None:
+        if classifier is None:
+            raise UsageError("--classifier-scale needs --classifier HEAD=LABEL (for example --classifier color=red)")
+        if len(scales) > 1 and cfg is not None:
+            raise UsageError("the columns are --classifier-scale or --cfg, not both; give --cfg one scale")
+        column, cfg_scale = "classifier_scale", scales[0] if cfg is not None else None
+        scales = parse_numbers(classifier_scale, "--classifier-scale")
     given = {
         "prompt": _read_prompt(prompt),
         "model": model,
+        "classifier": classifier,
+        "cfg": cfg_scale,
         "negative_prompt": neg,
         "steps": steps,
         "sampler": samplers[0] if samplers else None,
@@ -447,7 +497,7 @@ def sweep_guidance(
         if "neg_scale" not in DEFAULTS:
             raise UsageError("--neg-scale needs a sdcli with separate negative guidance (`generate --neg-scale`)")
         axis, values = "neg_scale", parse_numbers(neg_scale, "--neg-scale")
-    plan = Sweep(base, parse_numbers(cfg, "--cfg"), parse_seeds(seeds, base.seed), axis, values)
+    plan = Sweep(base, scales, parse_seeds(seeds, base.seed), axis, values, column)
     folder = out_dir or Path("outputs") / f"sweep-{image_name(base.prompt, base.seed).removesuffix('.png')}"
     with step_progress(interactive) as on_step:
         for path, row in run(plan, folder, overwrite, clip_model, on_step, None if quiet else _stderr_block):
@@ -493,7 +543,8 @@ def batch(
     """Make the images of a prompt file; a rerun resumes. Print each written path (or JSON object) on stdout."""
     import signal
 
-    from sdcli.batch import FORMATS, file_format as guess_format, run
+    from sdcli.batch import FORMATS, run
+    from sdcli.batch import file_format as guess_format
 
     interactive = sys.stderr.isatty() and not quiet
     setup_logging(verbose=interactive)

@@ -19,9 +19,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from sdcli.classifier import NoisyClassifier, classifier_guided, load_classifier, parse_targets
 from sdcli.conditioning import Conditioning
 from sdcli.denoise import StepCallback, denoise, initial_noise, unet_denoiser
 from sdcli.devices import DTYPE_NAMES, resolve_device, resolve_dtype
+from sdcli.errors import UsageError
 from sdcli.geometry import check_size
 from sdcli.guidance import CountedDenoiser, guide_within, guided, needs_unconditional
 from sdcli.images import decode, to_pil
@@ -30,7 +32,7 @@ from sdcli.loading import Model, load_model, load_options
 from sdcli.metadata import encode_png
 from sdcli.outputs import plan_paths, write_atomic
 from sdcli.prompts import encode_prompts
-from sdcli.references import resolve_model
+from sdcli.references import ModelFolder, resolve_model
 from sdcli.samplers import get_sampler
 from sdcli.schedule import Schedule, build_scheduler
 from sdcli.settings import ImageRecord, Output, Request
@@ -68,6 +70,21 @@ def _conditionings(
     return [c.with_size(height, width) for c in encoded] if model.size_conditioned else encoded
 
 
+def _classifier_for(model: Model, targets: str) -> tuple[NoisyClassifier, dict[str, int]]:
+    """The model's noise-aware classifier (loaded on first use) and the targets as {head: class index}."""
+    if model.scheduler_config.get("prediction_type", "epsilon") != "epsilon":
+        raise UsageError(
+            f"--classifier needs an epsilon-prediction model; {model.reference} predicts "
+            f"{model.scheduler_config['prediction_type']}"
+        )
+    if model.classifier is None:
+        found = resolve_model(model.reference)
+        if not isinstance(found, ModelFolder):
+            raise UsageError(f"--classifier needs a model folder with a classifier/ in it; {model.reference} is a file")
+        model.classifier = load_classifier(found.folder, model.reference, model.device)
+    return model.classifier, parse_targets(targets, model.classifier.config.heads)
+
+
 def make_images(model: Model, request: Request, on_step: StepCallback | None = None) -> Iterator[Generated]:
     """The request's images, in seed order, made `request.batch_size` at a time. `on_step(done, total)` counts
     timesteps over the whole request."""
@@ -102,6 +119,8 @@ def make_images(model: Model, request: Request, on_step: StepCallback | None = N
         if request.guidance_interval is not None
         else None
     )
+    classifier_scale = request.resolved_classifier_scale  # s; None or 0: no classifier guidance
+    classifier, targets = _classifier_for(model, request.classifier) if classifier_scale else (None, {})
     batches = list(_batches(request.seeds, request.batch_size))
 
     def report(batch_index: int, done: int, per_batch: int) -> None:
@@ -124,6 +143,8 @@ def make_images(model: Model, request: Request, on_step: StepCallback | None = N
             rescale=request.cfg_rescale,
             guide_at=guide_at,
         )
+        if classifier is not None:
+            predict = classifier_guided(predict, classifier, targets, classifier_scale, scheduler.alphas_cumprod)
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         noise = initial_noise(generators, latent_shape, model.device, model.dtype)  # (n, C, h, w)
         latents = denoise(predict, schedule, noise, generators, partial(report, batch_index))  # (n, C, h, w)
@@ -149,6 +170,8 @@ def make_images(model: Model, request: Request, on_step: StepCallback | None = N
                 cfg_rescale=request.cfg_rescale,
                 guidance_interval=request.guidance_interval,
                 long_prompts=request.long_prompts,
+                classifier=request.classifier,
+                classifier_scale=classifier_scale,
             )
             yield Generated(record, image, seconds, denoiser.evaluations // n)
 

@@ -14,6 +14,8 @@ the sampler's step.
 - Guidance interval (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval Improves Sample and
   Distribution Quality in Diffusion Models"): guidance only where the noise level sigma lies in [lo, hi]; elsewhere
   the conditional pass runs alone.
+- Classifier guidance (Dhariwal & Nichol 2021, eq. 14): a noise-aware classifier's gradient shifts epsilon,
+  eps - s sqrt(1 - alphabar_t) grad log p(y | x_t); the classifier itself lives in `sdcli.classifier`.
 
 Every branch of a step goes through the model in one batched call.
 """
@@ -57,6 +59,11 @@ def rescale_cfg(pred_guided: torch.Tensor, pred_cond: torch.Tensor, phi: float) 
     std_guided = pred_guided.std(dim=dims, keepdim=True)  # (B, 1, 1, 1)
     pred_rescaled = pred_guided * (std_cond / std_guided)
     return phi * pred_rescaled + (1 - phi) * pred_guided
+
+
+def classifier_shift(grad_log_p: torch.Tensor, alphabar: float, scale: float) -> torch.Tensor:
+    """What classifier guidance subtracts from epsilon: s * sqrt(1 - alphabar_t) * grad_{x_t} log p(y | x_t, t)."""
+    return scale * (1 - alphabar) ** 0.5 * grad_log_p
 
 
 def needs_unconditional(scale: float, neg_scale: float = 0.0, separate_negatives: int = 0) -> bool:

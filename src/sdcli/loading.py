@@ -68,6 +68,7 @@ class Model:
     tokenizer_2: CLIPTokenizer | None = None  # SDXL: OpenCLIP ViT-bigG's tokenizer (CLIP's vocabulary, pads with "!")
     text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL: the second encoder, with the pooled projection
     force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is zero embeddings, not encoded
+    classifier: torch.nn.Module | None = None  # classifier guidance's (sdcli.classifier), loaded on first use
 
     @property
     def text_encoders(self) -> list[tuple[CLIPTokenizer, CLIPTextModel | CLIPTextModelWithProjection]]:

@@ -18,6 +18,7 @@ DEFAULT_MODEL = "shapes"  # the built-in model, used when neither --model nor $S
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 NEG_MODES = ("replace", "separate")  # the negative prompt as the unconditional branch, or as terms of their own
+DEFAULT_CLASSIFIER_SCALE = 10.0  # s of classifier guidance, when --classifier names targets
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 
 
@@ -66,6 +67,23 @@ def _check_guidance(request: Request) -> None:
     if request.guidance_interval is not None:
         parse_interval(request.guidance_interval)
     _check(isinstance(request.long_prompts, bool), "long_prompts must be true or false")
+    if request.classifier is None:
+        _check(
+            request.classifier_scale is None,
+            "--classifier-scale needs --classifier HEAD=LABEL (for example --classifier color=red)",
+        )
+        return
+    _check(
+        isinstance(request.classifier, str)
+        and all(item.count("=") == 1 for item in request.classifier.split(",") if item.strip()),
+        f"--classifier {request.classifier!r}: give HEAD=LABEL pairs separated by commas, for example "
+        "color=red,shape=circle",
+    )
+    _check(
+        request.classifier_scale is None or _is_number(request.classifier_scale),
+        f"--classifier-scale must be a finite number, not {request.classifier_scale!r}; for example "
+        f"--classifier-scale {DEFAULT_CLASSIFIER_SCALE:g}",
+    )
 
 
 @dataclass(frozen=True)
@@ -97,6 +115,8 @@ class Request:
     cfg_rescale: float = 0.0  # phi of CFG rescale (Lin et al. 2023), 0 to 1; 0: off
     guidance_interval: str | None = None  # "LO,HI" (sigmas) or "LO%,HI%" (of the schedule) as typed; None: always
     long_prompts: bool = True  # prompts over the encoder's length in 75-token chunks; False: truncated
+    classifier: str | None = None  # classifier guidance's targets as typed, "color=red,shape=circle"; None: off
+    classifier_scale: float | None = None  # s of classifier guidance (Dhariwal & Nichol 2021); None: the default
 
     def __post_init__(self) -> None:
         _check_guidance(self)
@@ -137,6 +157,13 @@ class Request:
         return [self.seed + i for i in range(self.num_images)]
 
     @property
+    def resolved_classifier_scale(self) -> float | None:
+        """s of classifier guidance as it runs: None when it is off."""
+        if self.classifier is None:
+            return None
+        return DEFAULT_CLASSIFIER_SCALE if self.classifier_scale is None else float(self.classifier_scale)
+
+    @property
     def separate_negatives(self) -> tuple[str, ...]:
         """The negative prompts that are terms of their own (neg_mode "separate"; empty ones subtract nothing)."""
         if self.neg_mode != "separate":
@@ -166,6 +193,8 @@ class ImageRecord:
     cfg_rescale: float = 0.0
     guidance_interval: str | None = None
     long_prompts: bool = True
+    classifier: str | None = None
+    classifier_scale: float | None = None  # the scale it ran at, when classifier guidance was on
 
     def as_dict(self) -> dict[str, Any]:
         """The record as JSON holds it (tuples as lists)."""

@@ -32,6 +32,8 @@ from sdcli.settings import Request
 from sdcli.sheets import contact_sheet, line_plot
 
 MAX_VALUES = 1000  # a range that long is a typo
+# The guidance scales a sweep's columns can be: Request field -> its name in options, files, labels and metrics.
+COLUMNS = {"cfg": "cfg", "classifier_scale": "classifier-scale"}
 
 
 def parse_numbers(spec: str, option: str) -> tuple[float, ...]:
@@ -85,18 +87,24 @@ def _text(value: object) -> str:
 class Sweep:
     """What to sweep: the base request (prompt and settings) at every scale, for every seed and axis value."""
 
-    base: Request  # its cfg, seed and num_images are replaced per cell
+    base: Request  # its column setting, seed and num_images are replaced per cell
     scales: tuple[float, ...]  # the columns
     seeds: tuple[int, ...]
     axis: str | None = None  # a Request field swept as rows beside the seeds ("sampler", "neg_scale"), or none
     axis_values: tuple = ()
+    column: str = "cfg"  # the guidance scale the columns sweep: one of COLUMNS
 
     def __post_init__(self) -> None:
         if not self.scales:
-            raise UsageError("--cfg gives no guidance scales; for example --cfg 1,3,5,7.5")
-        if self.axis is not None:
-            for value in self.axis_values:  # each value must make a valid request
-                replace(self.base, **{self.axis: value})
+            raise UsageError(f"--{self.name} gives no guidance scales; for example --{self.name} 1,3,5,7.5")
+        for value in self.axis_values if self.axis is not None else ():  # each value must make a valid request
+            replace(self.base, **{self.axis: value})
+        replace(self.base, **{self.column: self.scales[0]})
+
+    @property
+    def name(self) -> str:
+        """The column setting as named in options, files, labels and metrics."""
+        return COLUMNS[self.column]
 
     @property
     def rows(self) -> list[tuple[object, int]]:
@@ -112,11 +120,11 @@ class Sweep:
 
     def cell_name(self, scale: float, value: object, seed: int) -> str:
         axis = "" if self.axis is None else f"{self.axis.replace('_', '-')}{_text(value)}-"
-        return f"cfg{scale:g}-{axis}seed{seed}.png"
+        return f"{self.name}{scale:g}-{axis}seed{seed}.png"
 
     def column_requests(self, scale: float, value: object) -> list[Request]:
         """The requests that make one column (of one axis value): one per run of consecutive seeds, in seed order."""
-        settings = {"cfg": scale, **({self.axis: value} if self.axis is not None else {})}
+        settings = {self.column: scale, **({self.axis: value} if self.axis is not None else {})}
         runs: list[list[int]] = []
         for seed in self.seeds:
             if runs and seed == runs[-1][-1] + 1:
@@ -130,7 +138,7 @@ class Sweep:
 class CellResult:
     """One measured cell of the sweep."""
 
-    cfg: float
+    scale: float  # of the column
     row: int
     seed: int
     axis_value: object
@@ -143,7 +151,7 @@ class CellResult:
 class Summary:
     """One guidance scale's measurements over its cells."""
 
-    cfg: float
+    scale: float
     images: int
     adherence: float | None  # the mean over cells (judge: the fraction judged right)
     diversity: float | None  # mean pairwise distance between seeds, averaged over axis values; None for 1 seed
@@ -154,9 +162,12 @@ class Summary:
 Scorer = Callable[[list[Image.Image], str], list[float]]
 
 
-def make_scorer(model_name: str, prompt: str) -> tuple[str | None, Scorer | None]:
+def make_scorer(model_name: str, request: Request) -> tuple[str | None, Scorer | None]:
     """Without --clip-model, adherence is measured on the built-in shapes model only: its judge, on the
-    attributes the prompt names (none named: not measured). Returns (name of the measure, scorer)."""
+    attributes the prompt names, then those classifier guidance targets (none named: not measured). Returns (name
+    of the measure, scorer)."""
+    targets = [label for _, _, label in (item.partition("=") for item in (request.classifier or "").split(","))]
+    prompt = " ".join([request.prompt, *targets])
     if model_name == "shapes":
         attributes = named_attributes(prompt)
         if attributes:
@@ -181,7 +192,7 @@ def run_sweep(
                 scores = scorer([image for image, _, _ in made], sweep.base.prompt) if scorer else [None] * len(made)
                 for seed, (image, seconds, payload), score in zip(request.seeds, made, scores, strict=True):
                     cell = CellResult(
-                        cfg=scale,
+                        scale=scale,
                         row=row_of[(value, seed)],
                         seed=seed,
                         axis_value=value,
@@ -200,7 +211,7 @@ def summarize(sweep: Sweep, cells: list[CellResult], images: dict[Path, Image.Im
     """Per guidance scale: mean adherence, diversity between seeds (per axis value, then averaged), time."""
     summaries = []
     for scale in sweep.scales:
-        column = [c for c in cells if c.cfg == scale]
+        column = [c for c in cells if c.scale == scale]
         groups: dict[object, list[Image.Image]] = {}
         for cell in column:
             groups.setdefault(cell.axis_value, []).append(images[cell.path])
@@ -208,7 +219,7 @@ def summarize(sweep: Sweep, cells: list[CellResult], images: dict[Path, Image.Im
         scores = [c.adherence for c in column if c.adherence is not None]
         summaries.append(
             Summary(
-                cfg=scale,
+                scale=scale,
                 images=len(column),
                 adherence=_mean(scores),
                 diversity=spread,
@@ -218,19 +229,25 @@ def summarize(sweep: Sweep, cells: list[CellResult], images: dict[Path, Image.Im
     return summaries
 
 
-def _cell_row(cell: CellResult, axis: str | None) -> dict:
-    row = {"cfg": cell.cfg, "seed": cell.seed, "path": str(cell.path), "adherence": cell.adherence,
+def _cell_row(sweep: Sweep, cell: CellResult) -> dict:
+    row = {sweep.column: cell.scale, "seed": cell.seed, "path": str(cell.path), "adherence": cell.adherence,
            "seconds": round(cell.seconds, 4)}  # fmt: skip
-    return {**row, axis: cell.axis_value} if axis else row
+    return {**row, sweep.axis: cell.axis_value} if sweep.axis else row
+
+
+def _summary_row(sweep: Sweep, summary: Summary) -> dict:
+    row = asdict(summary)
+    return {sweep.column: row.pop("scale"), **row}
 
 
 def metrics_json(sweep: Sweep, measure: str | None, cells: list[CellResult], summary: list[Summary]) -> str:
     document = {
         "prompt": sweep.base.prompt,
         "adherence_measure": measure,
+        "columns": sweep.column,
         "axis": sweep.axis,
-        "cells": [_cell_row(c, sweep.axis) for c in cells],
-        "summary": [asdict(s) for s in summary],
+        "cells": [_cell_row(sweep, c) for c in cells],
+        "summary": [_summary_row(sweep, s) for s in summary],
     }
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
@@ -238,28 +255,29 @@ def metrics_json(sweep: Sweep, measure: str | None, cells: list[CellResult], sum
 def metrics_csv(sweep: Sweep, cells: list[CellResult], summary: list[Summary]) -> str:
     """One row per cell (kind `cell`), then one per guidance scale (kind `summary`)."""
     axis = [sweep.axis] if sweep.axis else []
-    columns = ["kind", "cfg", *axis, "seed", "path", "adherence", "diversity", "seconds", "images"]
+    columns = ["kind", sweep.column, *axis, "seed", "path", "adherence", "diversity", "seconds", "images"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()
     for cell in cells:
-        writer.writerow({"kind": "cell", **_cell_row(cell, sweep.axis)})
+        writer.writerow({"kind": "cell", **_cell_row(sweep, cell)})
     for s in summary:
-        writer.writerow({"kind": "summary", "cfg": s.cfg, "adherence": s.adherence, "diversity": s.diversity,
-                         "seconds": round(s.seconds_per_image, 4), "images": s.images})  # fmt: skip
+        writer.writerow({"kind": "summary", sweep.column: s.scale, "adherence": s.adherence,
+                         "diversity": s.diversity, "seconds": round(s.seconds_per_image, 4), "images": s.images})  # fmt: skip
     return buffer.getvalue()
 
 
-def summary_table(measure: str | None, summary: list[Summary]) -> str:
-    """The summary as a plain text table (for stderr)."""
+def summary_table(name: str, measure: str | None, summary: list[Summary]) -> str:
+    """The summary as a plain text table (for stderr); `name` heads the column of scales."""
 
     def fmt(value: float | None, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
-    lines = [f"{'cfg':>6}  {'images':>6}  {'adherence':>9}  {'diversity':>9}  {'s/image':>8}"]
+    width = max(6, len(name))
+    lines = [f"{name:>{width}}  {'images':>6}  {'adherence':>9}  {'diversity':>9}  {'s/image':>8}"]
     for s in summary:
         lines.append(
-            f"{s.cfg:>6g}  {s.images:>6}  {fmt(s.adherence, 3):>9}  {fmt(s.diversity, 4):>9}  "
+            f"{s.scale:>{width}g}  {s.images:>6}  {fmt(s.adherence, 3):>9}  {fmt(s.diversity, 4):>9}  "
             f"{s.seconds_per_image:>8.3f}"
         )
     lines.append(f"adherence: {measure or 'not measured (give --clip-model, or use the shapes model)'}")
@@ -291,7 +309,7 @@ def run(
     clip = ClipScorer(clip_model) if clip_model is not None else None
     # 2. Load the model; choose the adherence measure.
     model = load_for(sweep.base)
-    measure, scorer = ("clip score", clip) if clip else make_scorer(_model_name(model.reference), sweep.base.prompt)
+    measure, scorer = ("clip score", clip) if clip else make_scorer(_model_name(model.reference), sweep.base)
 
     def make(request: Request) -> Iterator[tuple[Image.Image, float, object]]:
         for made in make_images(model, request, on_step):
@@ -307,13 +325,13 @@ def run(
         yield cell.path, {**made.result(cell.path), "adherence": cell.adherence}
     # 4. The contact sheet, the metrics and their plot.
     summary = summarize(sweep, cells, images)
-    grid = [[images[c.path] for c in sorted(cells, key=lambda c: sweep.scales.index(c.cfg)) if c.row == r]
+    grid = [[images[c.path] for c in sorted(cells, key=lambda c: sweep.scales.index(c.scale)) if c.row == r]
             for r in range(len(sweep.rows))]  # fmt: skip
-    sheet = contact_sheet(grid, [f"cfg {s:g}" for s in sweep.scales], [sweep.row_label(*row) for row in sweep.rows])
+    sheet = contact_sheet(grid, [f"{sweep.name} {s:g}" for s in sweep.scales], [sweep.row_label(*row) for row in sweep.rows])
     series = {f"adherence ({measure})": [s.adherence for s in summary]} if measure else {}
     series |= {"diversity (mean pairwise RMS distance)": [s.diversity for s in summary],
                "seconds per image": [s.seconds_per_image for s in summary]}  # fmt: skip
-    plot = line_plot(list(sweep.scales), series, "guidance scale")
+    plot = line_plot(list(sweep.scales), series, "guidance scale" if sweep.column == "cfg" else "classifier scale")
     contents = {
         "grid.png": _png(sheet),
         "metrics.csv": metrics_csv(sweep, cells, summary).encode(),
@@ -324,7 +342,7 @@ def run(
         write_atomic(out_dir / name, contents[name], overwrite)
         yield out_dir / name, None
     if report is not None:
-        report(summary_table(measure, summary))
+        report(summary_table(sweep.name, measure, summary))
 
 
 def _model_name(reference: str) -> str:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from sdcli.metrics import diversity
 from sdcli.shapes.judge import judge
-from sdcli.shapes.world import full_captions
+from sdcli.shapes.world import COLOURS, full_captions
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,27 @@ def negative_counts(model, seeds: list[int], **settings) -> list[dict]:
     return rows
 
 
-def card_tables(scores: list[Scores], negatives: list[dict], curve: list[dict]) -> str:
+def colour_steering(model, method: str, scale: float, seeds: list[int], **settings) -> dict:
+    """How often one colour shows, over the six colours and the seeds: by classifier guidance on the empty prompt
+    (w = 1, `method` "classifier") or by classifier-free guidance on the colour's name as the prompt ("cfg")."""
+    from sdcli.generate import make_images
+    from sdcli.settings import Request
+
+    hits, spreads = 0, []
+    for colour in COLOURS:
+        steer = {"prompt": "", "cfg": 1.0, "classifier": f"color={colour}", "classifier_scale": scale}
+        if method == "cfg":
+            steer = {"prompt": colour, "cfg": scale}
+        request = Request(seed=seeds[0], num_images=len(seeds), batch_size=len(seeds), model=model.reference,
+                          **steer, **settings)  # fmt: skip
+        images = [made.image for made in make_images(model, request)]
+        hits += sum(judge(np.asarray(image)).colour == colour for image in images)
+        spreads.append(diversity(images))
+    return {"method": method, "scale": scale, "images": len(COLOURS) * len(seeds),
+            "colour": hits / (len(COLOURS) * len(seeds)), "diversity": float(np.mean(spreads))}  # fmt: skip
+
+
+def card_tables(scores: list[Scores], negatives: list[dict], curve: list[dict], steering: list[dict]) -> str:
     """The model card's measured section, as Markdown tables."""
     lines = ["| cfg | images | colour | shape | background | all three | diversity | seconds |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -105,6 +125,10 @@ def card_tables(scores: list[Scores], negatives: list[dict], curve: list[dict]) 
                      f"| {sc.all:.0%} | {sc.diversity:.3f} | {sc.seconds:.0f} |")
     lines += ["", "| prompt | --neg | unwanted result | images showing it |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['prompt']} | {r['neg']} | {r['unwanted']} | {r['count']} of {r['of']} |" for r in negatives]
+    if steering:
+        lines += ["", "| guidance | scale | images | colour shown | diversity |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['method']} | {r['scale']:g} | {r['images']} | {r['colour']:.0%} | {r['diversity']:.3f} |"
+                  for r in steering]  # fmt: skip
     if curve:
         lines += ["", "| U-Net steps | minutes | colour | shape | background |", "| --- | --- | --- | --- | --- |"]
         lines += [f"| {c['step']} | {c['minutes']:.0f} | {c['colour']:.0%} | {c['shape']:.0%} | {c['background']:.0%} |"
@@ -153,9 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per caption (0..N-1)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--sampler", default="dpm++2m-karras")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="the weights' dtype (on the CPU)")
     parser.add_argument("--negatives", type=int, default=0, help="seeds for the negative-prompt checks (0: skip)")
     parser.add_argument("--card", help="write the model card (README.md) with these results into this folder")
     parser.add_argument("--training-note", default="", help="a paragraph for the card on how training went")
+    parser.add_argument("--classifier-scales", default="", help="classifier guidance scales to compare with CFG")
+    parser.add_argument("--steering-seeds", type=int, default=24, help="seeds per colour for that comparison")
     parser.add_argument("--curve", help="a training work folder: score its snapshots into a learning curve")
     args = parser.parse_args(argv)
     settings = {"steps": args.steps, "sampler": args.sampler}
@@ -166,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     from sdcli.loading import load_model
     from sdcli.references import resolve_model
 
-    model = load_model(resolve_model(args.model), torch.device("cpu"), torch.float32)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = load_model(resolve_model(args.model), torch.device("cpu"), dtype)
     scores = []
     for cfg in (float(c) for c in args.cfg.split(",")):
         scores.append(score(model, cfg, list(range(args.seeds)), **settings))
@@ -174,6 +202,14 @@ def main(argv: list[str] | None = None) -> None:
     negatives = negative_counts(model, list(range(args.negatives)), **settings) if args.negatives else []
     for row in negatives:
         print(json.dumps(row), flush=True)
+    steering = []
+    if args.classifier_scales:
+        seeds = list(range(args.steering_seeds))
+        methods = [("classifier", float(s)) for s in args.classifier_scales.split(",")]
+        methods += [("cfg", float(c)) for c in args.cfg.split(",")]
+        for method, scale in methods:
+            steering.append(colour_steering(model, method, scale, seeds, **settings))
+            print(json.dumps(steering[-1]), flush=True)
     if args.card:
         from importlib import resources
         from pathlib import Path
@@ -181,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         template = resources.files("sdcli.shapes").joinpath("card.md").read_text()
         command = "python -m sdcli.shapes.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
         card = template.format(training_note=args.training_note, command=command,
-                               tables=card_tables(scores, negatives, curve))
+                               tables=card_tables(scores, negatives, curve, steering))
         (Path(args.card) / "README.md").write_text(card)
 
 
