@@ -41,7 +41,7 @@ class TrainConfig:
     # GroupNorm groups: several channels per group. One channel per group is an instance norm, which erases the
     # absolute colour of flat shapes on flat backgrounds, and with it the palette.
     vae_norm_groups: int = 8
-    decoder_steps: int = 300  # the decoder's further training, encoder frozen
+    decoder_steps: int = 1000  # the decoder's further training, encoder frozen
     decoder_lr: float = 1e-3
     # text encoder: a small CLIP over the world's words
     text_width: int = 64
