@@ -65,7 +65,7 @@ class OneLineErrors(TyperGroup):
         except SdcliError as error:
             error_line(str(error))
             code = error.exit_code
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - a bug or an unforeseen failure: still one line, unless debugging
             if os.environ.get(DEBUG_ENV):
                 raise
             error_line(f"unexpected {type(error).__name__}: {reason(error)} (set {DEBUG_ENV}=1 to see where)")

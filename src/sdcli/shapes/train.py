@@ -146,19 +146,39 @@ def save_checkpoint(path: Path, **state) -> None:
     tmp.replace(path)
 
 
+def noise_scheduler() -> DDPMScheduler:
+    """The forward process x_t = sqrt(alphabar_t) x_0 + sqrt(1 - alphabar_t) eps of the model's own schedule."""
+    skip = ("set_alpha_to_one", "skip_prk_steps", "steps_offset")  # settings of the inference schedulers only
+    return DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k not in skip})
+
+
+def resume(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator, name: str) -> int:
+    """Restore a stage of one model from its checkpoint (model, optimizer, both random states); the step it
+    reached, 0 when there is none yet."""
+    if not ckpt.exists():
+        return 0
+    state = torch.load(ckpt, weights_only=False)
+    model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+    rng.bit_generator.state = state["rng"]
+    torch.set_rng_state(state["torch_rng"])
+    log(f"{name}: resuming at step {state['step']}")
+    return state["step"]
+
+
+def checkpoint(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator,
+               step: int) -> None:
+    """What `resume` restores."""
+    save_checkpoint(ckpt, model=model.state_dict(), opt=opt.state_dict(), rng=rng.bit_generator.state, step=step,
+                    torch_rng=torch.get_rng_state())
+
+
 def fit_vae(vae: AutoencoderKL, params: list, *, steps: int, lr: float, batch: int, seed: int, kl_weight: float,
             l1_weight: float, ckpt: Path, name: str, every: int) -> None:
     """Train `params` of the VAE on freshly rendered scenes: reconstruction (MSE + l1_weight * L1) plus a small KL
     term, the learning rate annealed to zero on a cosine; a checkpoint every few hundred steps, resumed from."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
-    start = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        vae.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
-        rng.bit_generator.state, start = state["rng"], state["step"]
-        torch.set_rng_state(state["torch_rng"])
-        log(f"{name}: resuming at step {start}")
+    start = resume(ckpt, vae, opt, rng, name)
     t0 = time.time()
     for step in range(start, steps):
         for g in opt.param_groups:
@@ -174,8 +194,7 @@ def fit_vae(vae: AutoencoderKL, params: list, *, steps: int, lr: float, batch: i
         if (step + 1) % 50 == 0:
             log(f"{name} step {step + 1}/{steps} mse {mse.item():.4f} ({time.time() - t0:.0f}s)")
         if (step + 1) % every == 0 or step + 1 == steps:
-            save_checkpoint(ckpt, model=vae.state_dict(), opt=opt.state_dict(), rng=rng.bit_generator.state,
-                            step=step + 1, torch_rng=torch.get_rng_state())
+            checkpoint(ckpt, vae, opt, rng, step + 1)
     vae.eval().requires_grad_(False)
 
 
@@ -239,14 +258,8 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path):
         weight_decay=1e-2,
     )
     base_lrs = [cfg.unet_lr, cfg.text_lr]
-    noise_scheduler = DDPMScheduler(
-        **{
-            k: v
-            for k, v in scheduler_config().items()
-            if k not in ("set_alpha_to_one", "skip_prk_steps", "steps_offset")
-        }
-    )
-    alphas_cumprod = noise_scheduler.alphas_cumprod  # (1000,)
+    forward_process = noise_scheduler()
+    alphas_cumprod = forward_process.alphas_cumprod  # (1000,)
     rng = np.random.default_rng(cfg.seed + 3)
     ckpt, start, earlier = work / "denoiser.pt", 0, 0.0  # earlier: seconds spent before a resume
     if ckpt.exists():
@@ -278,7 +291,7 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path):
         x0 = (data["mean"][idx] + data["std"][idx] * torch.randn_like(data["std"][idx])) * scale  # (B, 4, 16, 16)
         eps = torch.randn_like(x0)
         t = torch.randint(0, 1000, (cfg.unet_batch,))
-        x_t = noise_scheduler.add_noise(x0, eps, t)
+        x_t = forward_process.add_noise(x0, eps, t)
         context = text_encoder(ids)[0]  # (B, 77, D)
         eps_pred = unet(x_t, t, encoder_hidden_states=context).sample
         snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from sdcli.classifier import NoisyClassifier
-from sdcli.shapes.train import log, save_checkpoint, scheduler_config
+from sdcli.shapes.train import checkpoint, log, noise_scheduler, resume
 from sdcli.shapes.world import BACKGROUNDS, COLOURS, SHAPES
 
 HEADS = {"color": list(COLOURS), "shape": list(SHAPES), "background": list(BACKGROUNDS)}
@@ -74,20 +74,13 @@ def train_classifier(work: Path, out: Path, cfg: ClassifierConfig = ClassifierCo
     """Train (or resume) the classifier from `work`/latents.pt; save it to `out`; return its held-out accuracy."""
     data = torch.load(work / "latents.pt", weights_only=False)
     y = labels(data["scenes"])
-    scheduler = DDPMScheduler(
-        **{k: v for k, v in scheduler_config().items() if k not in ("set_alpha_to_one", "skip_prk_steps", "steps_offset")}
-    )
+    scheduler = noise_scheduler()
     torch.manual_seed(cfg.seed)
     classifier = NoisyClassifier(heads=HEADS, block_out_channels=cfg.channels)
     opt = torch.optim.AdamW(classifier.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed + 1)
-    ckpt, start = work / "classifier.pt", 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        classifier.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
-        rng.bit_generator.state, start = state["rng"], state["step"]
-        torch.set_rng_state(state["torch_rng"])
-        log(f"classifier: resuming at step {start}")
+    ckpt = work / "classifier.pt"
+    start = resume(ckpt, classifier, opt, rng, "classifier")
     log(f"classifier: {sum(p.numel() for p in classifier.parameters()) / 1e6:.2f}M parameters")
     n_train = len(data["scenes"]) - cfg.held_out
     t0 = time.time()
@@ -104,8 +97,7 @@ def train_classifier(work: Path, out: Path, cfg: ClassifierConfig = ClassifierCo
         if (step + 1) % 100 == 0:
             log(f"classifier step {step + 1}/{cfg.steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(ckpt, model=classifier.state_dict(), opt=opt.state_dict(), rng=rng.bit_generator.state,
-                            step=step + 1, torch_rng=torch.get_rng_state())
+            checkpoint(ckpt, classifier, opt, rng, step + 1)
     classifier.eval()
     accuracy = held_out_accuracy(classifier, data, y, scheduler, cfg)
     log(f"held-out accuracy: {accuracy}")
