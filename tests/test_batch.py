@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sdcli.batch import Line, plan, read_lines, share_requests
+from sdcli.batch import Line, plan, read_lines, share_batches
 from sdcli.cli import app
 from sdcli.settings import Request
 
@@ -88,16 +88,18 @@ def test_invalid_lines_are_reported_with_their_numbers():
     assert csv_lines == [] and csv_invalid[0].number == 2 and "steps" in csv_invalid[0].problem
 
 
-def test_names_are_stable_and_a_share_batches_consecutive_images(tmp_path: Path):
+def test_names_are_stable_and_a_share_batches_images_of_one_line(tmp_path: Path):
     lines = [Line(3, Request(prompt="A cat!", seed=10, num_images=3)), Line(5, Request(prompt="dog", seed=0))]
     planned = plan(lines, tmp_path)
     assert [p.path.name for p in planned] == [
         "00003-000-10-a-cat.png", "00003-001-11-a-cat.png", "00003-002-12-a-cat.png", "00005-000-0-dog.png",
     ]  # fmt: skip
-    # A share missing image 1 of line 3: images 0 and 2 are separate requests, line 5 its own.
-    requests = [(r.prompt, r.seed, r.num_images) for r, _ in share_requests([planned[0], planned[2], planned[3]])]
-    assert requests == [("A cat!", 10, 1), ("A cat!", 12, 1), ("dog", 0, 1)]
-    assert [(r.seed, r.num_images) for r, _ in share_requests(planned[:3])] == [(10, 3)]
+    assert [(p.request.prompt, p.request.seed, p.request.num_images) for p in planned[2:]] == [
+        ("A cat!", 12, 1), ("dog", 0, 1),
+    ]  # fmt: skip
+    # A share missing image 1 of line 3, two at a time: the rest in plan order.
+    batches = share_batches([planned[0], planned[2], planned[3]], 2)
+    assert [[p.path.name[:9] for p in batch] for batch in batches] == [["00003-000", "00003-002"], ["00005-000"]]
 
 
 # The command.

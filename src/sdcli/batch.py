@@ -7,7 +7,8 @@
 3. plan: one stable name per image (line number, image index, seed, prompt); images already on disk are skipped,
    so a rerun resumes; the manifest is brought in line with the files on disk
 4. split the missing images between the processes of `accelerate launch` (contiguous shares, each image once)
-5. make each share with the generate loop, write each image atomically, then append its line to the manifest
+5. make each share with the generate loop, images of lines that differ only in their prompts and seeds batched
+   together up to `batch_size` per U-Net call; write each image atomically, then append its line to the manifest
 
 An interruption loses at most the images in flight: images land by rename, and a manifest line is appended only
 after its image, so every line names an image on disk; the next run adds lines for images whose line was lost.
@@ -29,7 +30,7 @@ from accelerate import PartialState
 
 from sdcli.console import image_progress
 from sdcli.errors import UsageError
-from sdcli.generate import load_for, make_images
+from sdcli.generate import chunked, load_for, make_batched, shared_settings
 from sdcli.geometry import check_size
 from sdcli.metadata import encode_png, settings_from_png
 from sdcli.outputs import image_name, write_atomic
@@ -69,6 +70,11 @@ class Planned:
     @property
     def seed(self) -> int:
         return self.line.request.seed + self.index
+
+    @property
+    def request(self) -> Request:
+        """The request that makes this image alone."""
+        return replace(self.line.request, seed=self.seed, num_images=1)
 
 
 # 1. Reading and checking lines.
@@ -263,7 +269,7 @@ def check_existing(planned: list[Planned]) -> None:
         if not image.path.exists():
             continue
         stored = settings_from_png(image.path)
-        wanted = {**asdict(image.line.request), "seed": image.seed}
+        wanted = asdict(image.request)
         for key in ("prompt", "negative_prompt", "seed", "cfg", "steps", "sampler"):
             if key in stored and stored[key] != wanted[key]:
                 raise UsageError(
@@ -272,16 +278,14 @@ def check_existing(planned: list[Planned]) -> None:
                 )
 
 
-def share_requests(share: list[Planned]) -> Iterator[tuple[Request, list[Planned]]]:
-    """The requests that make a share of images: one per run of consecutive images of one line."""
-    run: list[Planned] = []
+def share_batches(share: list[Planned], size: int) -> Iterator[list[Planned]]:
+    """A share's images in U-Net batches of up to `size`: images of lines that differ only in their prompts and
+    seeds (equal `shared_settings`) go together, in plan order; the groups come in the order of their first image."""
+    groups: dict[tuple[Request, int], list[Planned]] = {}
     for image in share:
-        if run and (image.line is not run[-1].line or image.index != run[-1].index + 1):
-            yield replace(run[0].line.request, seed=run[0].seed, num_images=len(run)), run
-            run = []
-        run.append(image)
-    if run:
-        yield replace(run[0].line.request, seed=run[0].seed, num_images=len(run)), run
+        groups.setdefault(shared_settings(image.request), []).append(image)
+    for group in groups.values():
+        yield from chunked(group, size)
 
 
 class Manifest:
@@ -361,8 +365,9 @@ def run(
     try:
         with image_progress(progress and state.is_main_process, len(share)) as advance:
             # 5. Make, write, record.
-            for request, images in share_requests(share):
-                for image, generated in zip(images, make_images(model, request), strict=True):
+            for images in share_batches(share, lines[0].request.batch_size):
+                requests = [image.request for image in images]
+                for image, generated in zip(images, make_batched(model, requests), strict=True):
                     write_atomic(image.path, encode_png(generated.image, generated.record), overwrite=True)
                     row = generated.result(image.path)
                     manifest.append(row)
