@@ -365,9 +365,12 @@ def train_shapes(
         int | None, typer.Option(help="Further VAE decoder steps, encoder frozen (default: the recipe's).")
     ] = None,
     unet_steps: Annotated[int | None, typer.Option(help="U-Net and text encoder steps (default: the recipe's).")] = None,
+    vae_batch: Annotated[int | None, typer.Option(help="VAE batch size (default: the recipe's).")] = None,
+    unet_batch: Annotated[int | None, typer.Option(help="U-Net batch size (default: the recipe's).")] = None,
     scenes: Annotated[int | None, typer.Option(help="Scenes encoded once for the U-Net (default: the recipe's).")] = None,
 ) -> None:
-    """Train the built-in shapes model from nothing (data generated on the fly; progress and losses on stderr)."""
+    """Train the built-in shapes model from nothing (data generated on the fly; progress and losses on stderr). Runs on
+    CUDA when there is one, else on the CPU."""
     from dataclasses import replace
 
     from sdcli.references import builtin_root
@@ -377,6 +380,8 @@ def train_shapes(
         "vae_steps": vae_steps,
         "decoder_steps": decoder_steps,
         "unet_steps": unet_steps,
+        "vae_batch": vae_batch,
+        "unet_batch": unet_batch,
         "num_latent_scenes": scenes,
     }
     for name, value in overrides.items():

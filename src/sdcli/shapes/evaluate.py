@@ -136,7 +136,7 @@ def card_tables(scores: list[Scores], negatives: list[dict], curve: list[dict], 
     return "\n".join(lines) + "\n"
 
 
-def learning_curve(work, seeds: list[int], cfg: float = 7.5, **settings) -> list[dict]:
+def learning_curve(work, seeds: list[int], device: str = "cpu", cfg: float = 7.5, **settings) -> list[dict]:
     """Score every EMA snapshot of a training run (in `work`/snapshots) at one guidance scale; the results are
     cached in `work`/curve.jsonl, so a rerun scores only the new snapshots."""
     import tempfile
@@ -158,9 +158,9 @@ def learning_curve(work, seeds: list[int], cfg: float = 7.5, **settings) -> list
             continue
         with tempfile.TemporaryDirectory() as tmp:
             export_snapshot(work, snapshot, Path(tmp))
-            model = load_model(resolve_model(tmp), torch.device("cpu"), torch.float32)
+            model = load_model(resolve_model(tmp), torch.device(device), torch.float32)
             sc = score(model, cfg, seeds, **settings)
-        minutes = torch.load(snapshot, weights_only=False)["minutes"]
+        minutes = torch.load(snapshot, weights_only=False, map_location="cpu")["minutes"]
         row = {"step": step, "minutes": minutes, "cfg": cfg, "colour": sc.colour, "shape": sc.shape,
                "background": sc.background, "all": sc.all}
         rows.append(row)
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=2, help="seeds per caption (0..N-1)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--sampler", default="dpm++2m-karras")
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="the weights' dtype (on the CPU)")
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"), help="the weights' dtype")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--negatives", type=int, default=0, help="seeds for the negative-prompt checks (0: skip)")
     parser.add_argument("--card", help="write the model card (README.md) with these results into this folder")
     parser.add_argument("--training-note", default="", help="a paragraph for the card on how training went")
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--curve", help="a training work folder: score its snapshots into a learning curve")
     args = parser.parse_args(argv)
     settings = {"steps": args.steps, "sampler": args.sampler}
-    curve = learning_curve(args.curve, list(range(args.seeds)), **settings) if args.curve else []
+    curve = learning_curve(args.curve, list(range(args.seeds)), args.device, **settings) if args.curve else []
 
     import torch
 
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     from sdcli.references import resolve_model
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    model = load_model(resolve_model(args.model), torch.device("cpu"), dtype)
+    model = load_model(resolve_model(args.model), torch.device(args.device), dtype)
     scores = []
     for cfg in (float(c) for c in args.cfg.split(",")):
         scores.append(score(model, cfg, list(range(args.seeds)), **settings))

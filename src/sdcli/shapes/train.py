@@ -7,7 +7,8 @@ weighted over timesteps by Min-SNR-gamma (Hang et al. 2023), with an EMA of the 
 step, 10% empty, so the same network is also the unconditional model of classifier-free guidance.
 
 Both stages write a checkpoint to the work folder every few hundred steps; a rerun continues from it. The result is
-saved in diffusers format and loads like any Stable Diffusion model.
+saved in diffusers format and loads like any Stable Diffusion model. Training runs on CUDA when there is one: the scenes
+and every noise draw come from the CPU's seeded generators, so the data are the same on either device.
 """
 
 from __future__ import annotations
@@ -152,12 +153,21 @@ def noise_scheduler() -> DDPMScheduler:
     return DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k not in skip})
 
 
+def training_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def noise_like(x: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise of x's shape, drawn from the CPU generator whatever x's device."""
+    return torch.randn(x.shape).to(x.device)
+
+
 def resume(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator, name: str) -> int:
     """Restore a stage of one model from its checkpoint (model, optimizer, both random states); the step it
     reached, 0 when there is none yet."""
     if not ckpt.exists():
         return 0
-    state = torch.load(ckpt, weights_only=False)
+    state = torch.load(ckpt, weights_only=False, map_location=next(model.parameters()).device)
     model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
     rng.bit_generator.state = state["rng"]
     torch.set_rng_state(state["torch_rng"])
@@ -179,13 +189,15 @@ def fit_vae(vae: AutoencoderKL, params: list, *, steps: int, lr: float, batch: i
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     start = resume(ckpt, vae, opt, rng, name)
+    device = next(vae.parameters()).device
     t0 = time.time()
     for step in range(start, steps):
         for g in opt.param_groups:
             g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        _, x = render_batch(rng, batch)  # (B, 3, 64, 64)
+        _, x = render_batch(rng, batch)
+        x = x.to(device)  # (B, 3, 64, 64)
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample()).sample
+        recon = vae.decode(posterior.mean + posterior.std * noise_like(posterior.std)).sample
         mse = F.mse_loss(recon, x)
         loss = mse + l1_weight * F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
@@ -198,10 +210,10 @@ def fit_vae(vae: AutoencoderKL, params: list, *, steps: int, lr: float, batch: i
     vae.eval().requires_grad_(False)
 
 
-def train_vae(cfg: TrainConfig, work: Path) -> AutoencoderKL:
+def train_vae(cfg: TrainConfig, work: Path, device: torch.device) -> AutoencoderKL:
     """Stage 1: the whole autoencoder."""
     torch.manual_seed(cfg.seed)
-    vae = build_vae(cfg)
+    vae = build_vae(cfg).to(device)
     fit_vae(vae, list(vae.parameters()), steps=cfg.vae_steps, lr=cfg.vae_lr, batch=cfg.vae_batch, seed=cfg.seed,
             kl_weight=cfg.vae_kl_weight, l1_weight=0.0, ckpt=work / "vae.pt", name="vae",
             every=cfg.checkpoint_every)
@@ -221,33 +233,35 @@ def finetune_decoder(cfg: TrainConfig, vae: AutoencoderKL, work: Path) -> Autoen
 
 @torch.no_grad()
 def encode_scenes(cfg: TrainConfig, vae: AutoencoderKL, work: Path):
-    """Render a fixed set of scenes and encode them once: posterior means and stds, (N, 4, 16, 16) each."""
+    """Render a fixed set of scenes and encode them once: posterior means and stds, (N, 4, 16, 16) each, on the CPU."""
     path = work / "latents.pt"
     if path.exists():
         return torch.load(path, weights_only=False)
     rng = np.random.default_rng(cfg.seed + 1)
+    device = next(vae.parameters()).device
     scenes, means, stds = [], [], []
     for start in range(0, cfg.num_latent_scenes, 256):
-        batch, x = render_batch(rng, min(256, cfg.num_latent_scenes - start))  # (b, 3, 64, 64)
+        batch, x = render_batch(rng, min(256, cfg.num_latent_scenes - start))
+        x = x.to(device)  # (b, 3, 64, 64)
         dist = vae.encode(x).latent_dist
         scenes += batch
-        means.append(dist.mean)
-        stds.append(dist.std)
+        means.append(dist.mean.cpu())
+        stds.append(dist.std.cpu())
     data = {"scenes": scenes, "mean": torch.cat(means), "std": torch.cat(stds)}
     # scaling_factor: the latents' unit-variance scale, as Rombach et al. measure it
     sample = data["mean"][:4096] + data["std"][:4096] * torch.randn_like(data["std"][:4096])
     data["scaling_factor"] = float(1.0 / sample.std())
-    mse = F.mse_loss(vae.decode(dist.mean).sample, x).item()  # on the last batch
+    mse = F.mse_loss(vae.decode(dist.mean).sample, x).item()  # on the last batch, (b, 3, 64, 64)
     log(f"encoded {len(scenes)} scenes; scaling_factor {data['scaling_factor']:.4f}; vae mse {mse:.5f}")
     torch.save(data, path)
     return data
 
 
-def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path):
+def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path, device: torch.device):
     scale = data["scaling_factor"]
     torch.manual_seed(cfg.seed + 2)
-    unet, text_encoder = build_unet(cfg), build_text_encoder(cfg, tokenizer)
-    ema_unet, ema_text = build_unet(cfg), build_text_encoder(cfg, tokenizer)
+    unet, text_encoder = build_unet(cfg).to(device), build_text_encoder(cfg, tokenizer).to(device)
+    ema_unet, ema_text = build_unet(cfg).to(device), build_text_encoder(cfg, tokenizer).to(device)
     ema_unet.load_state_dict(unet.state_dict()), ema_text.load_state_dict(text_encoder.state_dict())
     ema_unet.requires_grad_(False), ema_text.requires_grad_(False)
     opt = torch.optim.AdamW(
@@ -259,11 +273,11 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path):
     )
     base_lrs = [cfg.unet_lr, cfg.text_lr]
     forward_process = noise_scheduler()
-    alphas_cumprod = forward_process.alphas_cumprod  # (1000,)
+    alphas_cumprod = forward_process.alphas_cumprod.to(device)  # (1000,)
     rng = np.random.default_rng(cfg.seed + 3)
     ckpt, start, earlier = work / "denoiser.pt", 0, 0.0  # earlier: seconds spent before a resume
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=device)
         unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text"])
         ema_unet.load_state_dict(state["ema_unet"]), ema_text.load_state_dict(state["ema_text"])
         opt.load_state_dict(state["opt"])
@@ -276,7 +290,9 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path):
         f"u-net {n_params / 1e6:.2f}M parameters, text encoder "
         f"{sum(p.numel() for p in text_encoder.parameters()) / 1e6:.2f}M"
     )
-    scenes = data["scenes"]
+    scenes, mean, std = data["scenes"], data["mean"].to(device), data["std"].to(device)  # (N, 4, 16, 16) each
+    unet_params, ema_unet_params = list(unet.parameters()), list(ema_unet.parameters())
+    text_params, ema_text_params = list(text_encoder.parameters()), list(ema_text.parameters())
     t0 = time.time() - earlier  # so that times count the whole stage across resumes
     for step in range(start, cfg.unet_steps):
         warm = min(1.0, (step + 1) / cfg.warmup_steps)
@@ -287,10 +303,11 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path):
         captions = [random_caption(scenes[i], rng) for i in idx.tolist()]
         ids = tokenizer(
             captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids  # (B, 77)
-        x0 = (data["mean"][idx] + data["std"][idx] * torch.randn_like(data["std"][idx])) * scale  # (B, 4, 16, 16)
-        eps = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (cfg.unet_batch,))
+        ).input_ids.to(device)  # (B, 77)
+        idx = idx.to(device)
+        x0 = (mean[idx] + std[idx] * noise_like(std[idx])) * scale  # (B, 4, 16, 16)
+        eps = noise_like(x0)
+        t = torch.randint(0, 1000, (cfg.unet_batch,)).to(device)
         x_t = forward_process.add_noise(x0, eps, t)
         context = text_encoder(ids)[0]  # (B, 77, D)
         eps_pred = unet(x_t, t, encoder_hidden_states=context).sample
@@ -299,13 +316,11 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path):
         loss = (weight * (eps_pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + list(text_encoder.parameters()), 1.0)
+        torch.nn.utils.clip_grad_norm_(unet_params + text_params, 1.0)
         opt.step()
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for ema, model in ((ema_unet, unet), (ema_text, text_encoder)):
-                for pe, p in zip(ema.parameters(), model.parameters()):
-                    pe.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(ema_unet_params + ema_text_params, unet_params + text_params, 1 - decay)
         if (step + 1) % 50 == 0:
             log(f"denoiser step {step + 1}/{cfg.unet_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.unet_steps:
@@ -347,7 +362,7 @@ def save_model(out: Path, vae, unet, text_encoder, tokenizer, scaling_factor: fl
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipe.save_pretrained(out, safe_serialization=True)
+    pipe.to("cpu").save_pretrained(out, safe_serialization=True)
 
 
 def export_snapshot(work: Path, snapshot: Path, out: Path, cfg: TrainConfig = TrainConfig()) -> None:
@@ -356,21 +371,22 @@ def export_snapshot(work: Path, snapshot: Path, out: Path, cfg: TrainConfig = Tr
 
     tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
     vae, unet, text_encoder = build_vae(cfg), build_unet(cfg), build_text_encoder(cfg, tokenizer)
-    vae.load_state_dict(torch.load(work / "decoder.pt", weights_only=False)["model"])
-    state = torch.load(snapshot, weights_only=False)
+    vae.load_state_dict(torch.load(work / "decoder.pt", weights_only=False, map_location="cpu")["model"])
+    state = torch.load(snapshot, weights_only=False, map_location="cpu")
     unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text"])
     scale = torch.load(work / "latents.pt", weights_only=False)["scaling_factor"]
     save_model(out, vae, unet, text_encoder, tokenizer, scale)
 
 
-def train(out: Path, work: Path, cfg: TrainConfig = TrainConfig()) -> None:
+def train(out: Path, work: Path, cfg: TrainConfig = TrainConfig(), device: torch.device | None = None) -> None:
+    device = device or training_device()
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     tokenizer = write_word_tokenizer(list(WORDS), work / "tokenizer")
-    log(f"tokenizer: {len(tokenizer)} tokens")
-    vae = train_vae(cfg, work)
+    log(f"tokenizer: {len(tokenizer)} tokens; training on {device}")
+    vae = train_vae(cfg, work, device)
     data = encode_scenes(cfg, vae, work)
     vae = finetune_decoder(cfg, vae, work)
-    unet, text_encoder, scale = train_denoiser(cfg, data, tokenizer, work)
+    unet, text_encoder, scale = train_denoiser(cfg, data, tokenizer, work, device)
     save_model(out, vae, unet, text_encoder, tokenizer, scale)
     log(f"saved the model to {out}")

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from sdcli.classifier import NoisyClassifier
-from sdcli.shapes.train import checkpoint, log, noise_scheduler, resume
+from sdcli.shapes.train import checkpoint, log, noise_like, noise_scheduler, resume, training_device
 from sdcli.shapes.world import BACKGROUNDS, COLOURS, SHAPES
 
 HEADS = {"color": list(COLOURS), "shape": list(SHAPES), "background": list(BACKGROUNDS)}
@@ -51,18 +51,19 @@ def labels(scenes: list) -> dict[str, torch.Tensor]:
 
 def noisy_latents(data: dict, idx: torch.Tensor, t: torch.Tensor, scheduler: DDPMScheduler) -> torch.Tensor:
     """x_t for scenes idx at timesteps t, (B, 4, h, w), from the encoder's posteriors (a fresh sample each time)."""
-    x0 = (data["mean"][idx] + data["std"][idx] * torch.randn_like(data["std"][idx])) * data["scaling_factor"]
-    return scheduler.add_noise(x0, torch.randn_like(x0), t)
+    x0 = (data["mean"][idx] + data["std"][idx] * noise_like(data["std"][idx])) * data["scaling_factor"]
+    return scheduler.add_noise(x0, noise_like(x0), t)
 
 
 @torch.no_grad()
 def held_out_accuracy(classifier: NoisyClassifier, data: dict, y: dict, scheduler, cfg: ClassifierConfig) -> dict:
     """Accuracy per head and timestep band on the held-out scenes (fixed noise, so runs compare)."""
     torch.manual_seed(cfg.seed + 7)
-    idx = torch.arange(len(data["scenes"]) - cfg.held_out, len(data["scenes"]))
+    device = data["mean"].device
+    idx = torch.arange(len(data["scenes"]) - cfg.held_out, len(data["scenes"]), device=device)
     result = {}
     for lo, hi in BANDS:
-        t = torch.randint(lo, hi, (len(idx),))
+        t = torch.randint(lo, hi, (len(idx),)).to(device)
         logits = classifier(noisy_latents(data, idx, t, scheduler), t)
         result[f"t{lo}-{hi}"] = {
             head: round((logits[head].argmax(-1) == y[head][idx]).float().mean().item(), 3) for head in HEADS
@@ -70,13 +71,16 @@ def held_out_accuracy(classifier: NoisyClassifier, data: dict, y: dict, schedule
     return result
 
 
-def train_classifier(work: Path, out: Path, cfg: ClassifierConfig = ClassifierConfig()) -> dict:
+def train_classifier(work: Path, out: Path, cfg: ClassifierConfig = ClassifierConfig(),
+                     device: torch.device | None = None) -> dict:
     """Train (or resume) the classifier from `work`/latents.pt; save it to `out`; return its held-out accuracy."""
+    device = device or training_device()
     data = torch.load(work / "latents.pt", weights_only=False)
-    y = labels(data["scenes"])
+    data["mean"], data["std"] = data["mean"].to(device), data["std"].to(device)  # (N, 4, 16, 16) each
+    y = {head: classes.to(device) for head, classes in labels(data["scenes"]).items()}
     scheduler = noise_scheduler()
     torch.manual_seed(cfg.seed)
-    classifier = NoisyClassifier(heads=HEADS, block_out_channels=cfg.channels)
+    classifier = NoisyClassifier(heads=HEADS, block_out_channels=cfg.channels).to(device)
     opt = torch.optim.AdamW(classifier.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     rng = np.random.default_rng(cfg.seed + 1)
     ckpt = work / "classifier.pt"
@@ -87,8 +91,8 @@ def train_classifier(work: Path, out: Path, cfg: ClassifierConfig = ClassifierCo
     for step in range(start, cfg.steps):
         for g in opt.param_groups:
             g["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        idx = torch.from_numpy(rng.integers(n_train, size=cfg.batch))
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch,))
+        idx = torch.from_numpy(rng.integers(n_train, size=cfg.batch)).to(device)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch,)).to(device)
         logits = classifier(noisy_latents(data, idx, t, scheduler), t)
         loss = sum(F.cross_entropy(logits[head], y[head][idx]) for head in HEADS)
         opt.zero_grad(set_to_none=True)
@@ -101,7 +105,7 @@ def train_classifier(work: Path, out: Path, cfg: ClassifierConfig = ClassifierCo
     classifier.eval()
     accuracy = held_out_accuracy(classifier, data, y, scheduler, cfg)
     log(f"held-out accuracy: {accuracy}")
-    classifier.save_pretrained(out, safe_serialization=True)
+    classifier.to("cpu").save_pretrained(out, safe_serialization=True)
     log(f"saved the classifier to {out}")
     return accuracy
 
