@@ -42,3 +42,18 @@ def test_train_shapes_rejects_a_step_count_below_one(tmp_path):
     assert result.exit_code == 2
     assert "--unet-steps must be >= 1" in result.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_vae_logvar_init_starts_the_posterior_nearly_deterministic():
+    from dataclasses import replace
+
+    from sdcli.shapes.train import TrainConfig, build_vae, render_batch
+
+    _, x = render_batch(np.random.default_rng(0), 2)  # (2, 3, 64, 64)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        default = build_vae(TrainConfig()).encode(x).latent_dist.std
+        torch.manual_seed(0)
+        tight = build_vae(replace(TrainConfig(), vae_logvar_init=-6.0)).encode(x).latent_dist.std
+    assert default.mean() > 0.5
+    assert np.exp(-3.0) / 2 < tight.mean() < np.exp(-3.0) * 2  # std exp(logvar / 2), up to the random weights' part

@@ -42,6 +42,10 @@ class TrainConfig:
     # GroupNorm groups: several channels per group. One channel per group is an instance norm, which erases the
     # absolute colour of flat shapes on flat backgrounds, and with it the palette.
     vae_norm_groups: int = 8
+    # The posterior's initial log-variance. None keeps diffusers' initialisation (near 0: std near 1, so the sampled
+    # latents start mostly noise and the weak KL term leaves them noisy); a large negative value starts the posterior
+    # nearly deterministic, the regime Stable Diffusion's own VAE ends in.
+    vae_logvar_init: float | None = None
     decoder_steps: int = 1000  # the decoder's further training, encoder frozen
     decoder_lr: float = 1e-3
     # text encoder: a small CLIP over the world's words
@@ -94,7 +98,7 @@ def render_batch(rng: np.random.Generator, n: int):
 
 def build_vae(cfg: TrainConfig) -> AutoencoderKL:
     n = len(cfg.vae_channels)
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         latent_channels=4,
@@ -105,6 +109,10 @@ def build_vae(cfg: TrainConfig) -> AutoencoderKL:
         norm_num_groups=cfg.vae_norm_groups,
         sample_size=64,
     )
+    if cfg.vae_logvar_init is not None:
+        with torch.no_grad():
+            vae.quant_conv.bias[4:] = cfg.vae_logvar_init  # (mean, logvar) moments: channels 4..7 are the logvar
+    return vae
 
 
 def build_text_encoder(cfg: TrainConfig, tokenizer) -> CLIPTextModel:
@@ -252,7 +260,8 @@ def encode_scenes(cfg: TrainConfig, vae: AutoencoderKL, work: Path):
     sample = data["mean"][:4096] + data["std"][:4096] * torch.randn_like(data["std"][:4096])
     data["scaling_factor"] = float(1.0 / sample.std())
     mse = F.mse_loss(vae.decode(dist.mean).sample, x).item()  # on the last batch, (b, 3, 64, 64)
-    log(f"encoded {len(scenes)} scenes; scaling_factor {data['scaling_factor']:.4f}; vae mse {mse:.5f}")
+    log(f"encoded {len(scenes)} scenes; scaling_factor {data['scaling_factor']:.4f}; vae mse {mse:.5f}; posterior "
+        f"std {data['std'].mean():.3f} against |mean| {data['mean'].abs().mean():.3f}")
     torch.save(data, path)
     return data
 
