@@ -36,6 +36,13 @@ def test_train_shapes_saves_a_loadable_model_and_resumes(tmp_path):
     for stage in ("vae", "decoder", "denoiser"):
         assert f"{stage}: resuming at step 2" in result.stderr
 
+    # another recipe in the same work folder would mix two runs' checkpoints: refused, nothing written
+    before = {f: f.stat().st_mtime_ns for f in work.rglob("*") if f.is_file()}
+    result = CliRunner().invoke(app, [*args, "--unet-steps", "3", "--unet-batch", "8"])
+    assert result.exit_code == 2
+    assert "holds a run of another recipe (unet_batch 64 -> 8)" in result.stderr
+    assert {f: f.stat().st_mtime_ns for f in work.rglob("*") if f.is_file()} == before
+
 
 def test_train_shapes_rejects_a_step_count_below_one(tmp_path):
     result = CliRunner().invoke(app, ["train-shapes", "--out", str(tmp_path / "m"), "--unet-steps", "0"])
@@ -52,8 +59,8 @@ def test_vae_logvar_init_starts_the_posterior_nearly_deterministic():
     _, x = render_batch(np.random.default_rng(0), 2)  # (2, 3, 64, 64)
     torch.manual_seed(0)
     with torch.no_grad():
-        default = build_vae(TrainConfig()).encode(x).latent_dist.std
+        diffusers_init = build_vae(replace(TrainConfig(), vae_logvar_init=None)).encode(x).latent_dist.std
         torch.manual_seed(0)
         tight = build_vae(replace(TrainConfig(), vae_logvar_init=-6.0)).encode(x).latent_dist.std
-    assert default.mean() > 0.5
+    assert diffusers_init.mean() > 0.5
     assert np.exp(-3.0) / 2 < tight.mean() < np.exp(-3.0) * 2  # std exp(logvar / 2), up to the random weights' part

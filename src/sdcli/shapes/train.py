@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from sdcli.errors import UsageError
 from sdcli.shapes.tokenizer import write_word_tokenizer
 from sdcli.shapes.world import WORDS, random_caption, random_scene, render
 
@@ -35,17 +36,17 @@ class TrainConfig:
     seed: int = 0
     # VAE: 3 blocks, so 64x64 pixels -> 16x16x4 latents
     vae_channels: tuple[int, ...] = (32, 64, 64)
-    vae_steps: int = 1000
+    vae_steps: int = 3000
     vae_batch: int = 16
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
     # GroupNorm groups: several channels per group. One channel per group is an instance norm, which erases the
     # absolute colour of flat shapes on flat backgrounds, and with it the palette.
     vae_norm_groups: int = 8
-    # The posterior's initial log-variance. None keeps diffusers' initialisation (near 0: std near 1, so the sampled
-    # latents start mostly noise and the weak KL term leaves them noisy); a large negative value starts the posterior
-    # nearly deterministic, the regime Stable Diffusion's own VAE ends in.
-    vae_logvar_init: float | None = None
+    # The posterior's initial log-variance. None keeps diffusers' initialisation (near 0: std near 1; after 1,000 steps
+    # the encoder's latents still carried colours on gray too weakly for the posterior's noise); -6 starts the
+    # posterior nearly deterministic (std e^-3), the regime Stable Diffusion's own VAE ends in.
+    vae_logvar_init: float | None = -6.0
     decoder_steps: int = 1000  # the decoder's further training, encoder frozen
     decoder_lr: float = 1e-3
     # text encoder: a small CLIP over the world's words
@@ -387,8 +388,22 @@ def export_snapshot(work: Path, snapshot: Path, out: Path, cfg: TrainConfig = Tr
     save_model(out, vae, unet, text_encoder, tokenizer, scale)
 
 
+def check_same_recipe(work: Path, cfg: TrainConfig) -> None:
+    """A work folder continues only the recipe that began it: step counts may grow, nothing else may change."""
+    path = work / "config.json"
+    if not path.exists():
+        return
+    before, now = json.loads(path.read_text()), json.loads(json.dumps(asdict(cfg)))
+    changed = [k for k in now if not k.endswith(("_steps", "_every")) and before.get(k) != now[k]]
+    if changed:
+        what = ", ".join(f"{k} {before.get(k)} -> {now[k]}" for k in changed)
+        raise UsageError(f"{work} holds a run of another recipe ({what}); continue it with its settings or give a new "
+                         "--work-dir")
+
+
 def train(out: Path, work: Path, cfg: TrainConfig = TrainConfig(), device: torch.device | None = None) -> None:
     device = device or training_device()
+    check_same_recipe(work, cfg)
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     tokenizer = write_word_tokenizer(list(WORDS), work / "tokenizer")
