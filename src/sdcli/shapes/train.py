@@ -171,6 +171,11 @@ def noise_like(x: torch.Tensor) -> torch.Tensor:
     return torch.randn(x.shape).to(x.device)
 
 
+def sample_posterior(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A draw from the VAE's diagonal Gaussian posterior, mean + std * eps, eps from the CPU generator."""
+    return mean + std * noise_like(std)
+
+
 def resume(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator, name: str) -> int:
     """Restore a stage of one model from its checkpoint (model, optimizer, both random states); the step it
     reached, 0 when there is none yet."""
@@ -206,7 +211,7 @@ def fit_vae(vae: AutoencoderKL, params: list, *, steps: int, lr: float, batch: i
         _, x = render_batch(rng, batch)
         x = x.to(device)  # (B, 3, 64, 64)
         posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.mean + posterior.std * noise_like(posterior.std)).sample
+        recon = vae.decode(sample_posterior(posterior.mean, posterior.std)).sample
         mse = F.mse_loss(recon, x)
         loss = mse + l1_weight * F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
@@ -258,7 +263,7 @@ def encode_scenes(cfg: TrainConfig, vae: AutoencoderKL, work: Path):
         stds.append(dist.std.cpu())
     data = {"scenes": scenes, "mean": torch.cat(means), "std": torch.cat(stds)}
     # scaling_factor: the latents' unit-variance scale, as Rombach et al. measure it
-    sample = data["mean"][:4096] + data["std"][:4096] * torch.randn_like(data["std"][:4096])
+    sample = sample_posterior(data["mean"][:4096], data["std"][:4096])
     data["scaling_factor"] = float(1.0 / sample.std())
     mse = F.mse_loss(vae.decode(dist.mean).sample, x).item()  # on the last batch, (b, 3, 64, 64)
     log(f"encoded {len(scenes)} scenes; scaling_factor {data['scaling_factor']:.4f}; vae mse {mse:.5f}; posterior "
@@ -315,7 +320,7 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path, device: 
             captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
         ).input_ids.to(device)  # (B, 77)
         idx = idx.to(device)
-        x0 = (mean[idx] + std[idx] * noise_like(std[idx])) * scale  # (B, 4, 16, 16)
+        x0 = sample_posterior(mean[idx], std[idx]) * scale  # (B, 4, 16, 16)
         eps = noise_like(x0)
         t = torch.randint(0, 1000, (cfg.unet_batch,)).to(device)
         x_t = forward_process.add_noise(x0, eps, t)

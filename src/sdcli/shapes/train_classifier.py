@@ -22,7 +22,15 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from sdcli.classifier import NoisyClassifier
-from sdcli.shapes.train import checkpoint, log, noise_like, noise_scheduler, resume, training_device
+from sdcli.shapes.train import (
+    checkpoint,
+    log,
+    noise_like,
+    noise_scheduler,
+    resume,
+    sample_posterior,
+    training_device,
+)
 from sdcli.shapes.world import BACKGROUNDS, COLOURS, SHAPES
 
 HEADS = {"color": list(COLOURS), "shape": list(SHAPES), "background": list(BACKGROUNDS)}
@@ -51,7 +59,7 @@ def labels(scenes: list) -> dict[str, torch.Tensor]:
 
 def noisy_latents(data: dict, idx: torch.Tensor, t: torch.Tensor, scheduler: DDPMScheduler) -> torch.Tensor:
     """x_t for scenes idx at timesteps t, (B, 4, h, w), from the encoder's posteriors (a fresh sample each time)."""
-    x0 = (data["mean"][idx] + data["std"][idx] * noise_like(data["std"][idx])) * data["scaling_factor"]
+    x0 = sample_posterior(data["mean"][idx], data["std"][idx]) * data["scaling_factor"]
     return scheduler.add_noise(x0, noise_like(x0), t)
 
 
