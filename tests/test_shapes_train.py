@@ -15,7 +15,7 @@ from sdcli.settings import Request
 
 def test_train_shapes_saves_a_loadable_model_and_resumes(tmp_path):
     out, work = tmp_path / "model", tmp_path / "work"
-    args = ["train-shapes", "--out", str(out), "--work-dir", str(work), "--vae-steps", "2", "--decoder-steps", "2"]
+    args = ["train-shapes", "--out", str(out), "--work-dir", str(work), "--vae-steps", "2"]
     args += ["--scenes", "64"]
     result = CliRunner().invoke(app, [*args, "--unet-steps", "2"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -33,7 +33,7 @@ def test_train_shapes_saves_a_loadable_model_and_resumes(tmp_path):
     # a rerun with one more step continues from the checkpoints instead of starting again
     result = CliRunner().invoke(app, [*args, "--unet-steps", "3"], catch_exceptions=False)
     assert result.exit_code == 0
-    for stage in ("vae", "decoder", "denoiser"):
+    for stage in ("vae", "denoiser"):
         assert f"{stage}: resuming at step 2" in result.stderr
 
     # another recipe in the same work folder would mix two runs' checkpoints: refused, nothing written

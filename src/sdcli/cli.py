@@ -361,9 +361,6 @@ def train_shapes(
         Path, typer.Option(help="Checkpoints and snapshots; a rerun with the same folder continues from them.")
     ] = Path("runs/shapes"),
     vae_steps: Annotated[int | None, typer.Option(help="VAE training steps (default: the recipe's).")] = None,
-    decoder_steps: Annotated[
-        int | None, typer.Option(help="Further VAE decoder steps, encoder frozen (default: the recipe's).")
-    ] = None,
     unet_steps: Annotated[int | None, typer.Option(help="U-Net and text encoder steps (default: the recipe's).")] = None,
     vae_batch: Annotated[int | None, typer.Option(help="VAE batch size (default: the recipe's).")] = None,
     unet_batch: Annotated[int | None, typer.Option(help="U-Net batch size (default: the recipe's).")] = None,
@@ -378,7 +375,6 @@ def train_shapes(
 
     overrides = {
         "vae_steps": vae_steps,
-        "decoder_steps": decoder_steps,
         "unet_steps": unet_steps,
         "vae_batch": vae_batch,
         "unet_batch": unet_batch,

@@ -130,15 +130,16 @@ def card_tables(scores: list[Scores], negatives: list[dict], curve: list[dict], 
         lines += [f"| {r['method']} | {r['scale']:g} | {r['images']} | {r['colour']:.0%} | {r['diversity']:.3f} |"
                   for r in steering]  # fmt: skip
     if curve:
-        lines += ["", "| U-Net steps | minutes | colour | shape | background |", "| --- | --- | --- | --- | --- |"]
-        lines += [f"| {c['step']} | {c['minutes']:.0f} | {c['colour']:.0%} | {c['shape']:.0%} | {c['background']:.0%} |"
-                  for c in curve]
+        lines += ["", "| U-Net steps | minutes | images | colour | shape | background |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {c['step']} | {c['minutes']:.0f} | {c['images']} | {c['colour']:.0%} | {c['shape']:.0%} "
+                  f"| {c['background']:.0%} |" for c in curve]
     return "\n".join(lines) + "\n"
 
 
 def learning_curve(work, seeds: list[int], device: str = "cpu", cfg: float = 7.5, **settings) -> list[dict]:
     """Score every EMA snapshot of a training run (in `work`/snapshots) at one guidance scale; the results are
-    cached in `work`/curve.jsonl, so a rerun scores only the new snapshots."""
+    cached in `work`/curve.jsonl, so a rerun with the same seeds and scale scores only the new snapshots."""
     import tempfile
     from pathlib import Path
 
@@ -150,7 +151,8 @@ def learning_curve(work, seeds: list[int], device: str = "cpu", cfg: float = 7.5
 
     work = Path(work)
     cache = work / "curve.jsonl"
-    rows = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
+    cached = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
+    rows = [row for row in cached if row.get("images") == len(full_captions()) * len(seeds) and row["cfg"] == cfg]
     done = {row["step"] for row in rows}
     for snapshot in sorted((work / "snapshots").glob("step*.pt")):
         step = int(snapshot.stem[4:])
@@ -161,8 +163,8 @@ def learning_curve(work, seeds: list[int], device: str = "cpu", cfg: float = 7.5
             model = load_model(resolve_model(tmp), torch.device(device), torch.float32)
             sc = score(model, cfg, seeds, **settings)
         minutes = torch.load(snapshot, weights_only=False, map_location="cpu")["minutes"]
-        row = {"step": step, "minutes": minutes, "cfg": cfg, "colour": sc.colour, "shape": sc.shape,
-               "background": sc.background, "all": sc.all}
+        row = {"step": step, "minutes": minutes, "cfg": cfg, "images": sc.images, "colour": sc.colour,
+               "shape": sc.shape, "background": sc.background, "all": sc.all}
         rows.append(row)
         with cache.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -185,9 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classifier-scales", default="", help="classifier guidance scales to compare with CFG")
     parser.add_argument("--steering-seeds", type=int, default=24, help="seeds per colour for that comparison")
     parser.add_argument("--curve", help="a training work folder: score its snapshots into a learning curve")
+    parser.add_argument("--curve-seeds", type=int, help="seeds per caption for the learning curve (default: --seeds)")
     args = parser.parse_args(argv)
     settings = {"steps": args.steps, "sampler": args.sampler}
-    curve = learning_curve(args.curve, list(range(args.seeds)), args.device, **settings) if args.curve else []
+    curve_seeds = list(range(args.curve_seeds or args.seeds))
+    curve = learning_curve(args.curve, curve_seeds, args.device, **settings) if args.curve else []
 
     import torch
 

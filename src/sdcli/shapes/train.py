@@ -47,8 +47,6 @@ class TrainConfig:
     # the encoder's latents still carried colours on gray too weakly for the posterior's noise); -6 starts the
     # posterior nearly deterministic (std e^-3), the regime Stable Diffusion's own VAE ends in.
     vae_logvar_init: float | None = -6.0
-    decoder_steps: int = 1000  # the decoder's further training, encoder frozen
-    decoder_lr: float = 1e-3
     # text encoder: a small CLIP over the world's words
     text_width: int = 64
     text_layers: int = 2
@@ -196,53 +194,33 @@ def checkpoint(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, r
                     torch_rng=torch.get_rng_state())
 
 
-def fit_vae(vae: AutoencoderKL, params: list, *, steps: int, lr: float, batch: int, seed: int, kl_weight: float,
-            l1_weight: float, ckpt: Path, name: str, every: int) -> None:
-    """Train `params` of the VAE on freshly rendered scenes: reconstruction (MSE + l1_weight * L1) plus a small KL
-    term, the learning rate annealed to zero on a cosine; a checkpoint every few hundred steps, resumed from."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    rng = np.random.default_rng(seed)
-    start = resume(ckpt, vae, opt, rng, name)
-    device = next(vae.parameters()).device
+def train_vae(cfg: TrainConfig, work: Path, device: torch.device) -> AutoencoderKL:
+    """Stage 1: the autoencoder on freshly rendered scenes, reconstruction (MSE) plus a small KL term, the learning
+    rate annealed to zero on a cosine; a checkpoint every few hundred steps, resumed from."""
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(cfg).to(device)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed)
+    ckpt = work / "vae.pt"
+    start = resume(ckpt, vae, opt, rng, "vae")
     t0 = time.time()
-    for step in range(start, steps):
+    for step in range(start, cfg.vae_steps):
         for g in opt.param_groups:
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
-        _, x = render_batch(rng, batch)
+            g["lr"] = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
+        _, x = render_batch(rng, cfg.vae_batch)
         x = x.to(device)  # (B, 3, 64, 64)
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(sample_posterior(posterior.mean, posterior.std)).sample
         mse = F.mse_loss(recon, x)
-        loss = mse + l1_weight * F.l1_loss(recon, x) + kl_weight * posterior.kl().mean()
+        loss = mse + cfg.vae_kl_weight * posterior.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if (step + 1) % 50 == 0:
-            log(f"{name} step {step + 1}/{steps} mse {mse.item():.4f} ({time.time() - t0:.0f}s)")
-        if (step + 1) % every == 0 or step + 1 == steps:
+            log(f"vae step {step + 1}/{cfg.vae_steps} mse {mse.item():.4f} ({time.time() - t0:.0f}s)")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.vae_steps:
             checkpoint(ckpt, vae, opt, rng, step + 1)
-    vae.eval().requires_grad_(False)
-
-
-def train_vae(cfg: TrainConfig, work: Path, device: torch.device) -> AutoencoderKL:
-    """Stage 1: the whole autoencoder."""
-    torch.manual_seed(cfg.seed)
-    vae = build_vae(cfg).to(device)
-    fit_vae(vae, list(vae.parameters()), steps=cfg.vae_steps, lr=cfg.vae_lr, batch=cfg.vae_batch, seed=cfg.seed,
-            kl_weight=cfg.vae_kl_weight, l1_weight=0.0, ckpt=work / "vae.pt", name="vae",
-            every=cfg.checkpoint_every)
-    return vae
-
-
-def finetune_decoder(cfg: TrainConfig, vae: AutoencoderKL, work: Path) -> AutoencoderKL:
-    """Stage 1b: once the U-Net's latents are encoded the encoder is fixed, and the decoder alone trains on, with an
-    L1 term that pulls flat colours onto the palette."""
-    vae.decoder.requires_grad_(True), vae.post_quant_conv.requires_grad_(True)
-    params = [p for p in vae.parameters() if p.requires_grad]
-    fit_vae(vae, params, steps=cfg.decoder_steps, lr=cfg.decoder_lr, batch=cfg.vae_batch, seed=cfg.seed + 4,
-            kl_weight=0.0, l1_weight=1.0, ckpt=work / "decoder.pt",
-            name="decoder", every=cfg.checkpoint_every)
-    return vae
+    return vae.eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -386,7 +364,7 @@ def export_snapshot(work: Path, snapshot: Path, out: Path, cfg: TrainConfig = Tr
 
     tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
     vae, unet, text_encoder = build_vae(cfg), build_unet(cfg), build_text_encoder(cfg, tokenizer)
-    vae.load_state_dict(torch.load(work / "decoder.pt", weights_only=False, map_location="cpu")["model"])
+    vae.load_state_dict(torch.load(work / "vae.pt", weights_only=False, map_location="cpu")["model"])
     state = torch.load(snapshot, weights_only=False, map_location="cpu")
     unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text"])
     scale = torch.load(work / "latents.pt", weights_only=False)["scaling_factor"]
@@ -415,7 +393,6 @@ def train(out: Path, work: Path, cfg: TrainConfig = TrainConfig(), device: torch
     log(f"tokenizer: {len(tokenizer)} tokens; training on {device}")
     vae = train_vae(cfg, work, device)
     data = encode_scenes(cfg, vae, work)
-    vae = finetune_decoder(cfg, vae, work)
     unet, text_encoder, scale = train_denoiser(cfg, data, tokenizer, work, device)
     save_model(out, vae, unet, text_encoder, tokenizer, scale)
     log(f"saved the model to {out}")
