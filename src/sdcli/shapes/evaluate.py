@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
         from pathlib import Path
 
         template = resources.files("sdcli.shapes").joinpath("card.md").read_text()
-        command = "python -m sdcli.shapes.evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m sdcli.shapes.evaluate " + shlex.join(argv if argv is not None else sys.argv[1:])
         card = template.format(training_note=args.training_note, command=command,
                                tables=card_tables(scores, negatives, curve, steering))
         (Path(args.card) / "README.md").write_text(card)
