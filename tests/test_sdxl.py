@@ -134,7 +134,10 @@ def test_every_branch_gets_its_pooled_embedding_and_the_size_in_one_unet_call(mo
     assert torch.equal(added["text_embeds"][:2], torch.zeros(2, 32))  # the empty prompt, zeroed
     assert torch.equal(added["time_ids"], torch.tensor([[16.0, 24, 0, 0, 16, 24]]).repeat(6, 1))  # (H, W, 0, 0, H, W)
     one_by_one = [np.asarray(made.image) for made in make_images(model, replace(request, batch_size=1))]
-    assert all(np.array_equal(a, b) for a, b in zip(batched, one_by_one, strict=True))
+    # The same noise and conditioning per image; oneDNN may pick another convolution algorithm for another batch
+    # size, which can move a value across a rounding step (seen on an AVX-512 CPU: one pixel, one level).
+    for a, b in zip(batched, one_by_one, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
 
 
 def test_the_command_line_writes_the_pipelines_pixels_and_info_says_sdxl(folders, oracles, tmp_path: Path):
