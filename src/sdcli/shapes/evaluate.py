@@ -153,7 +153,8 @@ def learning_curve(work, seeds: list[int], device: str = "cpu", cfg: float = 7.5
     work = Path(work)
     cache = work / "curve.jsonl"
     cached = [json.loads(line) for line in cache.read_text().splitlines()] if cache.exists() else []
-    rows = [row for row in cached if row.get("images") == len(full_captions()) * len(seeds) and row["cfg"] == cfg]
+    images = len(full_captions()) * len(seeds)
+    rows = [row for row in cached if row.get("images") == images and row["cfg"] == cfg]
     done = {row["step"] for row in rows}
     for snapshot in sorted((work / "snapshots").glob("step*.pt")):
         step = int(snapshot.stem[4:])
@@ -188,11 +189,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classifier-scales", default="", help="classifier guidance scales to compare with CFG")
     parser.add_argument("--steering-seeds", type=int, default=24, help="seeds per colour for that comparison")
     parser.add_argument("--curve", help="a training work folder: score its snapshots into a learning curve")
-    parser.add_argument("--curve-seeds", type=int, help="seeds per caption for the learning curve (default: --seeds)")
     args = parser.parse_args(argv)
     settings = {"steps": args.steps, "sampler": args.sampler}
-    curve_seeds = list(range(args.curve_seeds or args.seeds))
-    curve = learning_curve(args.curve, curve_seeds, args.device, **settings) if args.curve else []
+    curve = learning_curve(args.curve, list(range(args.seeds)), args.device, **settings) if args.curve else []
 
     import torch
 
