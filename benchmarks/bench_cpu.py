@@ -22,10 +22,10 @@ from diffusers import StableDiffusionPipeline
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sd15 import sd15_random  # noqa: E402
 
-from sdcli.devices import DTYPE_NAMES, cpu_has_bf16_matrix_units, resolve_dtype  # noqa: E402
-from sdcli.generate import make_images  # noqa: E402
-from sdcli.samplers import get_sampler  # noqa: E402
-from sdcli.settings import Request  # noqa: E402
+from sdcli.loading.devices import DTYPE_NAMES, cpu_has_bf16_matrix_units, resolve_dtype  # noqa: E402
+from sdcli.engine import make_images  # noqa: E402
+from sdcli.sampling.samplers import get_sampler  # noqa: E402
+from sdcli.recipe import Request  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse"
 

@@ -24,9 +24,9 @@ from diffusers import StableDiffusionPipeline
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sd15 import sd15_random  # noqa: E402
 
-from sdcli.generate import make_images  # noqa: E402
-from sdcli.samplers import get_sampler  # noqa: E402
-from sdcli.settings import Request  # noqa: E402
+from sdcli.engine import make_images  # noqa: E402
+from sdcli.sampling.samplers import get_sampler  # noqa: E402
+from sdcli.recipe import Request  # noqa: E402
 
 PROMPT = "a photograph of an astronaut riding a horse"
 TFLOP_PER_GUIDED_STEP_512 = 1.61  # per image: the U-Net at 512x512 on the conditional and unconditional batch

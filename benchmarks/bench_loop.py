@@ -21,17 +21,17 @@ import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
 
-import sdcli.generate
+import sdcli.engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from tiny_sd import build_tiny_sd  # noqa: E402
 
-from sdcli.devices import resolve_device, resolve_dtype  # noqa: E402
-from sdcli.generate import make_images  # noqa: E402
-from sdcli.loading import load_model  # noqa: E402
-from sdcli.references import resolve_model  # noqa: E402
-from sdcli.samplers import get_sampler  # noqa: E402
-from sdcli.settings import Request  # noqa: E402
+from sdcli.loading.devices import resolve_device, resolve_dtype  # noqa: E402
+from sdcli.engine import make_images  # noqa: E402
+from sdcli.loading.components import load_model  # noqa: E402
+from sdcli.loading.references import resolve_model  # noqa: E402
+from sdcli.sampling.samplers import get_sampler  # noqa: E402
+from sdcli.recipe import Request  # noqa: E402
 
 PROMPT = "a red circle on a white background"
 
@@ -110,7 +110,7 @@ def main() -> None:
 
         difference = int(np.abs(ours().astype(int) - theirs().astype(int)).max())  # also the warm-up
         unet_clock = model.unet.forward = Clock(model.unet.forward, device)
-        loop_clock = sdcli.generate.denoise = Clock(sdcli.generate.denoise, device)
+        loop_clock = sdcli.engine.denoise = Clock(sdcli.engine.denoise, device)
         times: dict[str, list[float]] = {"ours": [], "diffusers": []}
         overheads = []  # our loop's seconds outside the U-Net, per step
         for round_index in range(args.rounds):

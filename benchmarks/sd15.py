@@ -7,9 +7,9 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from sdcli.architecture import SD1
-from sdcli.loading import Model
-from sdcli.single_file import clip_tokenizer, scheduler_config
+from sdcli.loading.architecture import SD1
+from sdcli.loading.components import Model
+from sdcli.loading.single_file import clip_tokenizer, scheduler_config
 
 UNET = dict(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
             layers_per_block=2, sample_size=64)  # fmt: skip

@@ -19,8 +19,8 @@ torch.set_num_threads(1)
 
 from tiny_sd import build_tiny_sd  # noqa: E402
 
-from sdcli.loading import Model, load_model  # noqa: E402
-from sdcli.references import resolve_model  # noqa: E402
+from sdcli.loading.components import Model, load_model  # noqa: E402
+from sdcli.loading.references import resolve_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

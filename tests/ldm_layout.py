@@ -16,8 +16,8 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from sdcli.architecture import CLIP, OPEN_CLIP, SD1, SD2, SDXL, SDXL_CLIP, SDXL_OPEN_CLIP, Family
-from sdcli.single_file import clip_tokenizer, scheduler_config
+from sdcli.loading.architecture import CLIP, OPEN_CLIP, SD1, SD2, SDXL, SDXL_CLIP, SDXL_OPEN_CLIP, Family
+from sdcli.loading.single_file import clip_tokenizer, scheduler_config
 from tiny_sd import build_tiny_sdxl, save_sd_folder
 
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",

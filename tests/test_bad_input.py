@@ -16,7 +16,7 @@ from PIL.PngImagePlugin import PngInfo
 from typer.testing import CliRunner
 
 from sdcli.cli import app
-from sdcli.samplers import NAMES
+from sdcli.sampling.samplers import NAMES
 
 FAST = ["--steps", "2", "--sampler", "euler"]
 

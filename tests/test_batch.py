@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sdcli.batch import Line, plan, read_lines, share_batches
+from sdcli.workflows.batch import Line, plan, read_lines, share_batches
 from sdcli.cli import app
-from sdcli.settings import Request
+from sdcli.recipe import Request
 
 FAST = ["--steps", "2", "--sampler", "euler"]
 DEFAULTS = {"model": "m", "seed": 0, "cfg": 7.5}

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import sdcli.generate
-from sdcli.batch import Line, plan, share_batches
+import sdcli.engine
+from sdcli.workflows.batch import Line, plan, share_batches
 from sdcli.cli import app
-from sdcli.generate import make_batched
-from sdcli.loading import Model
-from sdcli.settings import Request
+from sdcli.engine import make_batched
+from sdcli.loading.components import Model
+from sdcli.recipe import Request
 
 FAST = {"steps": 2, "sampler": "euler", "cfg": 7.5}
 # Latents of |x| up to ~6: a batch of another size rounds float32 differently (~1e-5 seen), as --batch-size always
@@ -31,7 +31,7 @@ LONG = " ".join(["a red circle on a white background"] * 12)  # 84 words: two ch
 def unet_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The batch size (rows, all branches) of every U-Net call the generate loop makes."""
     sizes: list[int] = []
-    make_denoiser = sdcli.generate.unet_denoiser
+    make_denoiser = sdcli.engine.unet_denoiser
 
     def counted(unet):
         denoiser = make_denoiser(unet)
@@ -42,7 +42,7 @@ def unet_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
         return call
 
-    monkeypatch.setattr(sdcli.generate, "unet_denoiser", counted)
+    monkeypatch.setattr(sdcli.engine, "unet_denoiser", counted)
     return sizes
 
 
@@ -50,13 +50,13 @@ def unet_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def latents(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
     """The clean latents (B, C, h, w) of every batch the generate loop denoises."""
     made: list[torch.Tensor] = []
-    denoise = sdcli.generate.denoise
+    denoise = sdcli.engine.denoise
 
     def recorded(*args, **kwargs) -> torch.Tensor:
         made.append(denoise(*args, **kwargs))
         return made[-1]
 
-    monkeypatch.setattr(sdcli.generate, "denoise", recorded)
+    monkeypatch.setattr(sdcli.engine, "denoise", recorded)
     return made
 
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from sdcli.classifier import (
+from sdcli.guidance.classifier import (
     NoisyClassifier,
     classifier_guided,
     load_classifier,
@@ -23,11 +23,11 @@ from sdcli.classifier import (
 )
 from sdcli.cli import app
 from sdcli.errors import UsageError
-from sdcli.generate import make_images
-from sdcli.guidance import classifier_shift, sigma_of_timestep
-from sdcli.loading import Model, load_model
-from sdcli.references import resolve_model
-from sdcli.settings import Request
+from sdcli.engine import make_images
+from sdcli.guidance.cfg import classifier_shift, sigma_of_timestep
+from sdcli.loading.components import Model, load_model
+from sdcli.loading.references import resolve_model
+from sdcli.recipe import Request
 from sdcli.shapes.judge import judge
 
 HEADS = {"color": ["red", "green", "blue"], "shape": ["circle", "square"]}

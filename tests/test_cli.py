@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sdcli import references
+from sdcli.loading import references
 from sdcli.cli import app
-from sdcli.metadata import settings_from_png
+from sdcli.output.metadata import settings_from_png
 
 FAST = ["--steps", "2", "--sampler", "euler"]
 

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from sdcli.console import setup_logging, step_progress
+from sdcli.output.console import setup_logging, step_progress
 
 
 def test_progress_is_off_unless_enabled():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from sdcli.denoise import denoise, initial_noise
-from sdcli.loading import Model
-from sdcli.samplers import get_sampler
-from sdcli.schedule import Schedule, build_scheduler
+from sdcli.sampling.loop import denoise, initial_noise
+from sdcli.loading.components import Model
+from sdcli.sampling.samplers import get_sampler
+from sdcli.sampling.schedule import Schedule, build_scheduler
 
 CPU = torch.device("cpu")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdcli.emphasis import Piece, has_emphasis, parse_emphasis
+from sdcli.text.emphasis import Piece, has_emphasis, parse_emphasis
 
 
 def parsed(prompt: str) -> list[tuple[str | None, float]]:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from sdcli.devices import resolve_device, resolve_dtype
-from sdcli.generate import make_images
-from sdcli.loading import Model, load_model
-from sdcli.references import resolve_model
-from sdcli.settings import Request
+from sdcli.loading.devices import resolve_device, resolve_dtype
+from sdcli.engine import make_images
+from sdcli.loading.components import Model, load_model
+from sdcli.loading.references import resolve_model
+from sdcli.recipe import Request
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sdcli.generate import make_images
+from sdcli.engine import make_images
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
-from sdcli.conditioning import Conditioning
+from sdcli.text.conditioning import Conditioning
 from sdcli.errors import UsageError
-from sdcli.guidance import (
+from sdcli.guidance.cfg import (
     CountedDenoiser,
     cfg,
     guide_within,
@@ -22,9 +22,9 @@ from sdcli.guidance import (
     sigma_of_timestep,
     subtract_negatives,
 )
-from sdcli.intervals import GuidanceInterval, parse_interval
-from sdcli.loading import Model
-from sdcli.settings import Request
+from sdcli.guidance.interval import GuidanceInterval, parse_interval
+from sdcli.loading.components import Model
+from sdcli.recipe import Request
 
 
 def test_cfg_is_the_formula_of_ho_and_salimans():

@@ -17,12 +17,12 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sdcli.cli import app
-from sdcli.generate import Generated, make_images
-from sdcli.guidance import sigma_of_timestep
-from sdcli.loading import Model
-from sdcli.samplers import get_sampler
-from sdcli.schedule import Schedule, build_scheduler
-from sdcli.settings import Request
+from sdcli.engine import Generated, make_images
+from sdcli.guidance.cfg import sigma_of_timestep
+from sdcli.loading.components import Model
+from sdcli.sampling.samplers import get_sampler
+from sdcli.sampling.schedule import Schedule, build_scheduler
+from sdcli.recipe import Request
 
 PROMPT = "a red circle on a white background"
 FAST = {"steps": 3, "sampler": "euler", "seed": 7, "width": 16, "height": 16}

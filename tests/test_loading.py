@@ -9,14 +9,14 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from sdcli import references
-from sdcli.devices import resolve_device, resolve_dtype
+from sdcli.loading import references
+from sdcli.loading.devices import resolve_device, resolve_dtype
 from sdcli.errors import UsageError
-from sdcli.generate import make_images
-from sdcli.geometry import check_size, latent_scale, native_size
-from sdcli.loading import Model, load_model
-from sdcli.references import resolve_model
-from sdcli.settings import Request
+from sdcli.engine import make_images
+from sdcli.loading.geometry import check_size, latent_scale, native_size
+from sdcli.loading.components import Model, load_model
+from sdcli.loading.references import resolve_model
+from sdcli.recipe import Request
 
 
 def test_latent_geometry_comes_from_the_configs(loaded: Model):

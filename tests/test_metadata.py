@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 import sdcli
 from sdcli.cli import app
 from sdcli.errors import UsageError
-from sdcli.metadata import encode_png, infotext, parse_infotext, read_chunks, settings_from_infotext, settings_from_png
-from sdcli.settings import ImageRecord, Request
+from sdcli.output.metadata import encode_png, infotext, parse_infotext, read_chunks, settings_from_infotext, settings_from_png
+from sdcli.recipe import ImageRecord, Request
 
 RECORD = ImageRecord(
     prompt="a red circle on a white background",

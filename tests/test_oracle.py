@@ -20,10 +20,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from sdcli.cli import app
-from sdcli.generate import make_images
-from sdcli.loading import Model
-from sdcli.samplers import SAMPLERS, get_sampler
-from sdcli.settings import Request
+from sdcli.engine import make_images
+from sdcli.loading.components import Model
+from sdcli.sampling.samplers import SAMPLERS, get_sampler
+from sdcli.recipe import Request
 
 TOLERANCE = 2  # in 8-bit levels
 STEPS = 4

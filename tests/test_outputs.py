@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sdcli import outputs
+from sdcli.output import files as outputs
 from sdcli.errors import Failure, UsageError
-from sdcli.outputs import image_name, plan_paths, write_atomic
-from sdcli.settings import Output, Request
+from sdcli.output.files import image_name, plan_paths, write_atomic
+from sdcli.recipe import Output, Request
 
 
 def test_names_come_from_seed_and_prompt():

@@ -13,11 +13,11 @@ from PIL import Image
 from test_bad_input import refused
 from typer.testing import CliRunner
 
-from sdcli import devices
+from sdcli.loading import devices
 from sdcli.cli import app
 from sdcli.errors import Failure
-from sdcli.images import decode
-from sdcli.loading import Model
+from sdcli.output.images import decode
+from sdcli.loading.components import Model
 
 
 @pytest.mark.parametrize("amx, expected", [(True, torch.bfloat16), (False, torch.float32)])
@@ -85,10 +85,10 @@ def test_the_gpu_benchmark_runs_on_the_cpu_at_a_small_size():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_on_cuda_channels_last_offload_and_fp16_give_a_finite_image(tiny_model: Path, tmp_path: Path):
-    from sdcli.generate import make_images
-    from sdcli.loading import LoadOptions, load_model
-    from sdcli.references import resolve_model
-    from sdcli.settings import Request
+    from sdcli.engine import make_images
+    from sdcli.loading.components import LoadOptions, load_model
+    from sdcli.loading.references import resolve_model
+    from sdcli.recipe import Request
 
     device = devices.resolve_device("cuda")
     for options in (LoadOptions(), LoadOptions(offload=True, vae_tiling=True)):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 
-from sdcli.loading import Model
-from sdcli.prompts import dropped_tokens, emphasize, encode_prompt, encode_prompts, tokenize_prompt
+from sdcli.loading.components import Model
+from sdcli.text.prompts import dropped_tokens, emphasize, encode_prompt, encode_prompts, tokenize_prompt
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sdcli.cli import SamplerName, app
-from sdcli.denoise import denoise, initial_noise
+from sdcli.cli import app
+from sdcli.cli.app import SamplerName
+from sdcli.sampling.loop import denoise, initial_noise
 from sdcli.errors import UsageError
-from sdcli.loading import Model
-from sdcli.samplers import NAMES, SAMPLERS, from_a1111_name, get_sampler
-from sdcli.schedule import Schedule, build_scheduler
+from sdcli.loading.components import Model
+from sdcli.sampling.samplers import NAMES, SAMPLERS, from_a1111_name, get_sampler
+from sdcli.sampling.schedule import Schedule, build_scheduler
 
 # The table of the core issue: name, AUTOMATIC1111 name, diffusers scheduler, settings that must hold.
 TABLE = [

@@ -19,11 +19,11 @@ from tiny_sd import build_tiny_sdxl
 from typer.testing import CliRunner
 
 from sdcli.cli import app
-from sdcli.generate import make_images
-from sdcli.loading import Model, load_model
-from sdcli.prompts import encode_prompt
-from sdcli.references import resolve_model
-from sdcli.settings import Request
+from sdcli.engine import make_images
+from sdcli.loading.components import Model, load_model
+from sdcli.text.prompts import encode_prompt
+from sdcli.loading.references import resolve_model
+from sdcli.recipe import Request
 
 CPU = torch.device("cpu")
 SAMPLERS = ["euler", "euler-a", "dpm++2m-karras", "ddim"]

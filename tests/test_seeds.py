@@ -11,10 +11,10 @@ import torch
 from typer.testing import CliRunner
 
 from sdcli.cli import app
-from sdcli.denoise import initial_noise
-from sdcli.generate import make_images
-from sdcli.loading import Model
-from sdcli.settings import Request
+from sdcli.sampling.loop import initial_noise
+from sdcli.engine import make_images
+from sdcli.loading.components import Model
+from sdcli.recipe import Request
 
 
 def pixels(model: Model, **settings) -> list[np.ndarray]:

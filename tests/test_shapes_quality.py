@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdcli.loading import Model, load_model
-from sdcli.references import resolve_model
+from sdcli.loading.components import Model, load_model
+from sdcli.loading.references import resolve_model
 from sdcli.shapes.evaluate import colour_steering, negative_counts, score
 
 SHAPES = Path(__file__).resolve().parents[1] / "src" / "sdcli" / "models" / "shapes"

@@ -7,10 +7,10 @@ import torch
 from typer.testing import CliRunner
 
 from sdcli.cli import app
-from sdcli.generate import make_images
-from sdcli.loading import load_model
-from sdcli.references import resolve_model
-from sdcli.settings import Request
+from sdcli.engine import make_images
+from sdcli.loading.components import load_model
+from sdcli.loading.references import resolve_model
+from sdcli.recipe import Request
 
 
 def test_train_shapes_saves_a_loadable_model_and_resumes(tmp_path):

@@ -26,7 +26,7 @@ from test_bad_input import refused
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 from typer.testing import CliRunner
 
-from sdcli.architecture import SD1, SD2, SDXL, SDXL_CLIP, SDXL_OPEN_CLIP, detect
+from sdcli.loading.architecture import SD1, SD2, SDXL, SDXL_CLIP, SDXL_OPEN_CLIP, detect
 from sdcli.cli import app
 
 ARGS = ["a photo of a cat", "--width", "16", "--height", "16", "--steps", "2", "--seed", "7", "--dtype", "fp32"]

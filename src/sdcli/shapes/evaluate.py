@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from sdcli.metrics import diversity
+from sdcli.workflows.metrics import diversity
 from sdcli.shapes.judge import judge
 from sdcli.shapes.world import COLOURS, full_captions
 
@@ -45,8 +45,8 @@ def adherence(images: list[Image.Image], expected: list[tuple[str, str, str]]) -
 
 def score(model, cfg: float, seeds: list[int], **settings) -> Scores:
     """Scores over the 54 full captions, each with every seed, at guidance scale `cfg`."""
-    from sdcli.generate import make_images
-    from sdcli.settings import Request
+    from sdcli.engine import make_images
+    from sdcli.recipe import Request
 
     start = time.perf_counter()
     right, spreads = [], []
@@ -85,8 +85,8 @@ NEGATIVE_CASES = (
 
 def negative_counts(model, seeds: list[int], **settings) -> list[dict]:
     """For each negative-prompt case: in how many of the seeds' images the unwanted attribute still shows."""
-    from sdcli.generate import make_images
-    from sdcli.settings import Request
+    from sdcli.engine import make_images
+    from sdcli.recipe import Request
 
     rows = []
     for prompt, negative, unwanted, shows in NEGATIVE_CASES:
@@ -100,8 +100,8 @@ def negative_counts(model, seeds: list[int], **settings) -> list[dict]:
 def colour_steering(model, method: str, scale: float, seeds: list[int], **settings) -> dict:
     """How often one colour shows, over the six colours and the seeds: by classifier guidance on the empty prompt
     (w = 1, `method` "classifier") or by classifier-free guidance on the colour's name as the prompt ("cfg")."""
-    from sdcli.generate import make_images
-    from sdcli.settings import Request
+    from sdcli.engine import make_images
+    from sdcli.recipe import Request
 
     hits, spreads = 0, []
     for colour in COLOURS:
@@ -146,8 +146,8 @@ def learning_curve(work, seeds: list[int], device: str = "cpu", cfg: float = 7.5
 
     import torch
 
-    from sdcli.loading import load_model
-    from sdcli.references import resolve_model
+    from sdcli.loading.components import load_model
+    from sdcli.loading.references import resolve_model
     from sdcli.shapes.train import export_snapshot
 
     work = Path(work)
@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from sdcli.loading import load_model
-    from sdcli.references import resolve_model
+    from sdcli.loading.components import load_model
+    from sdcli.loading.references import resolve_model
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     model = load_model(resolve_model(args.model), torch.device(args.device), dtype)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from sdcli.classifier import NoisyClassifier
+from sdcli.guidance.classifier import NoisyClassifier
 from sdcli.shapes.train import (
     checkpoint,
     log,

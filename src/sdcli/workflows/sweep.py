@@ -22,14 +22,14 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdcli.denoise import StepCallback
+from sdcli.sampling.loop import StepCallback
 from sdcli.errors import UsageError
-from sdcli.generate import load_for, make_images
-from sdcli.metadata import encode_png
-from sdcli.metrics import ClipScorer, diversity, judged_adherence, named_attributes
-from sdcli.outputs import check_paths, write_atomic
-from sdcli.settings import Request
-from sdcli.sheets import contact_sheet, line_plot
+from sdcli.engine import load_for, make_images
+from sdcli.output.metadata import encode_png
+from sdcli.workflows.metrics import ClipScorer, diversity, judged_adherence, named_attributes
+from sdcli.output.files import check_paths, write_atomic
+from sdcli.recipe import Request
+from sdcli.output.sheets import contact_sheet, line_plot
 
 MAX_VALUES = 1000  # a range that long is a typo
 # The guidance scales a sweep's columns can be: Request field -> its name in options, files, labels and metrics.

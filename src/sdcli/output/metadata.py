@@ -25,8 +25,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from sdcli import __version__
 from sdcli.errors import UsageError
-from sdcli.samplers import from_a1111_name, get_sampler
-from sdcli.settings import RECORD_FIELDS, ImageRecord
+from sdcli.sampling.samplers import from_a1111_name, get_sampler
+from sdcli.recipe import RECORD_FIELDS, ImageRecord
 
 log = logging.getLogger(__name__)
 

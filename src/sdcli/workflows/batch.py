@@ -28,13 +28,13 @@ from typing import Any
 
 from accelerate import PartialState
 
-from sdcli.console import image_progress
+from sdcli.output.console import image_progress
 from sdcli.errors import UsageError
-from sdcli.generate import chunked, load_for, make_batched, shared_settings
-from sdcli.geometry import check_size
-from sdcli.metadata import encode_png, settings_from_png
-from sdcli.outputs import image_name, write_atomic
-from sdcli.settings import Request
+from sdcli.engine import chunked, load_for, make_batched, shared_settings
+from sdcli.loading.geometry import check_size
+from sdcli.output.metadata import encode_png, settings_from_png
+from sdcli.output.files import image_name, write_atomic
+from sdcli.recipe import Request
 
 log = logging.getLogger(__name__)
 

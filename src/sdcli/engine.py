@@ -22,23 +22,23 @@ from typing import TypeVar
 import torch
 from PIL import Image
 
-from sdcli.classifier import NoisyClassifier, classifier_guided, load_classifier, parse_targets
-from sdcli.conditioning import Conditioning
-from sdcli.denoise import StepCallback, denoise, initial_noise, unet_denoiser
-from sdcli.devices import DTYPE_NAMES, resolve_device, resolve_dtype
+from sdcli.guidance.classifier import NoisyClassifier, classifier_guided, load_classifier, parse_targets
+from sdcli.text.conditioning import Conditioning
+from sdcli.sampling.loop import StepCallback, denoise, initial_noise, unet_denoiser
+from sdcli.loading.devices import DTYPE_NAMES, resolve_device, resolve_dtype
 from sdcli.errors import UsageError
-from sdcli.geometry import check_size
-from sdcli.guidance import CountedDenoiser, guide_within, guided, needs_unconditional
-from sdcli.images import decode, to_pil
-from sdcli.intervals import parse_interval
-from sdcli.loading import Model, load_model, load_options
-from sdcli.metadata import encode_png
-from sdcli.outputs import plan_paths, write_atomic
-from sdcli.prompts import encode_prompts
-from sdcli.references import ModelFolder, resolve_model
-from sdcli.samplers import get_sampler
-from sdcli.schedule import Schedule, build_scheduler
-from sdcli.settings import ImageRecord, Output, Request
+from sdcli.loading.geometry import check_size
+from sdcli.guidance.cfg import CountedDenoiser, guide_within, guided, needs_unconditional
+from sdcli.output.images import decode, to_pil
+from sdcli.guidance.interval import parse_interval
+from sdcli.loading.components import Model, load_model, load_options
+from sdcli.output.metadata import encode_png
+from sdcli.output.files import plan_paths, write_atomic
+from sdcli.text.prompts import encode_prompts
+from sdcli.loading.references import ModelFolder, resolve_model
+from sdcli.sampling.samplers import get_sampler
+from sdcli.sampling.schedule import Schedule, build_scheduler
+from sdcli.recipe import ImageRecord, Output, Request
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from sdcli.errors import UsageError
-from sdcli.intervals import parse_interval
-from sdcli.samplers import get_sampler
+from sdcli.guidance.interval import parse_interval
+from sdcli.sampling.samplers import get_sampler
 
 DEFAULT_MODEL = "shapes"  # the built-in model, used when neither --model nor $SDCLI_MODEL names one
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -95,7 +95,7 @@ class Request:
     negative_prompt: str = ""  # the unconditional branch of classifier-free guidance ("": the empty prompt)
     cfg: float = 7.5  # guidance scale w: 1 runs the conditional model only, 0 the unconditional one
     steps: int = 30  # inference steps, as diffusers' `num_inference_steps`
-    sampler: str = "dpm++2m-karras"  # a name from sdcli.samplers
+    sampler: str = "dpm++2m-karras"  # a name from sdcli.sampling.samplers
     width: int | None = None  # pixels; None: the model's native size
     height: int | None = None
     num_images: int = 1
@@ -108,7 +108,7 @@ class Request:
     vae_tiling: bool = False  # how to run, not what to make: tiled VAE decode, CPU offload, torch.compile
     offload: bool = False
     compile: bool = False
-    # Guidance beyond plain CFG (sdcli.guidance) and prompt encoding (sdcli.prompts).
+    # Guidance beyond plain CFG (sdcli.guidance.cfg) and prompt encoding (sdcli.text.prompts).
     extra_negative_prompts: tuple[str, ...] = ()  # negatives after the first; only with neg_mode "separate"
     neg_mode: str = "replace"  # one of NEG_MODES
     neg_scale: float | None = None  # w_neg of each separate negative; None: the guidance scale w

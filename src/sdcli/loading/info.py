@@ -1,7 +1,7 @@
 """What a model is, without building it: family, prediction type, native size, dtype, parameters per component.
 
 A diffusers folder is read from its configs and its safetensors headers; a single file from its tensors' names and
-shapes (`sdcli.architecture`), as loading it would.
+shapes (`sdcli.loading.architecture`), as loading it would.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from dataclasses import asdict, dataclass
 
 from safetensors import safe_open
 
-from sdcli.architecture import UNET, VAE, detect, family_of
-from sdcli.checkpoints import read_checkpoint
-from sdcli.geometry import native_size
-from sdcli.references import ModelFile, ModelFolder
+from sdcli.loading.architecture import UNET, VAE, detect, family_of
+from sdcli.loading.checkpoints import read_checkpoint
+from sdcli.loading.geometry import native_size
+from sdcli.loading.references import ModelFile, ModelFolder
 
 _DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F64": "fp64"}
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")  # text_encoder_2: SDXL's, where present

@@ -1,6 +1,6 @@
 """Text to embeddings: AUTOMATIC1111's emphasis and long prompts, and exactly diffusers' encoding for the rest.
 
-A prompt is parsed for emphasis (`sdcli.emphasis`), tokenized piece by piece, and cut into chunks of
+A prompt is parsed for emphasis (`sdcli.text.emphasis`), tokenized piece by piece, and cut into chunks of
 `model_max_length - 2` tokens (75 for CLIP), each wrapped in the start and end tokens and padded as the tokenizer
 pads: [BOS, up to 75 tokens, EOS, padding...] (77). A `BREAK` ends a chunk early. The chunks are encoded separately
 (one batched text-encoder call) and concatenated along the sequence: the U-Net's context is (1, 77 * K, D). All the
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from sdcli.conditioning import Conditioning
-from sdcli.emphasis import parse_emphasis
+from sdcli.text.conditioning import Conditioning
+from sdcli.text.emphasis import parse_emphasis
 
 log = logging.getLogger(__name__)
 

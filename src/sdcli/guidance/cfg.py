@@ -15,7 +15,7 @@ the sampler's step.
   Distribution Quality in Diffusion Models"): guidance only where the noise level sigma lies in [lo, hi]; elsewhere
   the conditional pass runs alone.
 - Classifier guidance (Dhariwal & Nichol 2021, eq. 14): a noise-aware classifier's gradient shifts epsilon,
-  eps - s sqrt(1 - alphabar_t) grad log p(y | x_t); the classifier itself lives in `sdcli.classifier`.
+  eps - s sqrt(1 - alphabar_t) grad log p(y | x_t); the classifier itself lives in `sdcli.guidance.classifier`.
 
 Every branch of a step goes through the model in one batched call.
 """
@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from sdcli.conditioning import Conditioning
-from sdcli.intervals import GuidanceInterval
+from sdcli.text.conditioning import Conditioning
+from sdcli.guidance.interval import GuidanceInterval
 
 # A conditional denoiser: (x (B, C, h, w), t (scalar), conditioning of B images) -> prediction (B, C, h, w).
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]

@@ -26,9 +26,9 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D
 from torch import nn
 
-from sdcli.denoise import Predictor
+from sdcli.sampling.loop import Predictor
 from sdcli.errors import Failure, UsageError, reason
-from sdcli.guidance import classifier_shift, sigma_of_timestep
+from sdcli.guidance.cfg import classifier_shift, sigma_of_timestep
 
 SUBFOLDER = "classifier"  # where a model folder keeps its classifier
 

@@ -2,8 +2,8 @@
 
 The one place that turns a model into components: a diffusers folder (built-in, local or from the Hugging Face
 cache) loads with diffusers' and transformers' own classes from safetensors weights; a single checkpoint file in
-the original layout is read by `sdcli.checkpoints`, recognised by `sdcli.architecture` and rebuilt by
-`sdcli.single_file`, offline. Everything the loop needs to know about the model is read from its configs here,
+the original layout is read by `sdcli.loading.checkpoints`, recognised by `sdcli.loading.architecture` and rebuilt by
+`sdcli.loading.single_file`, offline. Everything the loop needs to know about the model is read from its configs here,
 never from constants. `--vae`, tiling, offload, channels-last and compilation are applied here too.
 
 An SDXL folder (a U-Net with `addition_embed_type="text_time"`) also has `tokenizer_2` and `text_encoder_2` (a
@@ -24,13 +24,13 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from sdcli.architecture import SD1, SDXL, VAE, VAE_SCALING_FACTOR, describe, detect, family_of, vae_config
-from sdcli.checkpoints import read_checkpoint
+from sdcli.loading.architecture import SD1, SDXL, VAE, VAE_SCALING_FACTOR, describe, detect, family_of, vae_config
+from sdcli.loading.checkpoints import read_checkpoint
 from sdcli.errors import Failure, UsageError, reason
-from sdcli.geometry import latent_scale, native_size
-from sdcli.references import ModelFile, ModelFolder, resolve_vae
-from sdcli.settings import Request
-from sdcli.single_file import (
+from sdcli.loading.geometry import latent_scale, native_size
+from sdcli.loading.references import ModelFile, ModelFolder, resolve_vae
+from sdcli.recipe import Request
+from sdcli.loading.single_file import (
     build_text_encoder,
     build_text_encoder_2,
     build_unet,
@@ -68,7 +68,7 @@ class Model:
     tokenizer_2: CLIPTokenizer | None = None  # SDXL: OpenCLIP ViT-bigG's tokenizer (CLIP's vocabulary, pads with "!")
     text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL: the second encoder, with the pooled projection
     force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is zero embeddings, not encoded
-    classifier: torch.nn.Module | None = None  # classifier guidance's (sdcli.classifier), loaded on first use
+    classifier: torch.nn.Module | None = None  # classifier guidance's (sdcli.guidance.classifier), loaded on first use
 
     @property
     def text_encoders(self) -> list[tuple[CLIPTokenizer, CLIPTextModel | CLIPTextModelWithProjection]]:

@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sdcli.errors import Failure, UsageError, reason
-from sdcli.references import SAFETENSORS, check_checkpoint_file
+from sdcli.loading.references import SAFETENSORS, check_checkpoint_file
 
 Tensors = dict[str, torch.Tensor]
 

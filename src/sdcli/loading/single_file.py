@@ -1,7 +1,7 @@
 """An original-layout checkpoint's tensors to diffusers and transformers components, without the network.
 
 diffusers' own converters (`diffusers.loaders.single_file_utils`) rename the tensors; the configs come from
-`sdcli.architecture` (names and shapes) and the files bundled in `sdcli/configs/` (scheduler, tokenizer), where
+`sdcli.loading.architecture` (names and shapes) and the files bundled in `sdcli/configs/` (scheduler, tokenizer), where
 diffusers' `from_single_file` would fetch them from the Hub. Each module is built empty and then filled with
 `load_state_dict(strict=True)`: a tensor too many or too few is an error that names it.
 """
@@ -27,8 +27,8 @@ from diffusers.loaders.single_file_utils import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from sdcli.architecture import SD2, Architecture, Family
-from sdcli.checkpoints import Tensors
+from sdcli.loading.architecture import SD2, Architecture, Family
+from sdcli.loading.checkpoints import Tensors
 from sdcli.errors import Failure
 
 CLIP_MERGES = 49152 - 256 - 2  # merges CLIP uses from its BPE file (OpenAI's `SimpleTokenizer`)

@@ -19,7 +19,7 @@ from pathlib import Path
 from huggingface_hub import constants, snapshot_download
 
 from sdcli.errors import Failure, UsageError, reason
-from sdcli.settings import DEFAULT_MODEL
+from sdcli.recipe import DEFAULT_MODEL
 
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SDXL_COMPONENTS = ("tokenizer_2", "text_encoder_2")  # required too where model_index.json names text_encoder_2

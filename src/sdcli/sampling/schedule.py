@@ -18,7 +18,7 @@ import torch
 from diffusers import SchedulerMixin
 
 from sdcli.errors import UsageError, reason
-from sdcli.samplers import Sampler
+from sdcli.sampling.samplers import Sampler
 
 
 def build_scheduler(sampler: Sampler, scheduler_config: Mapping[str, Any]) -> SchedulerMixin:

@@ -19,13 +19,13 @@ import typer
 from typer.core import TyperGroup
 
 from sdcli import __version__
-from sdcli.console import error_line, setup_logging, step_progress
+from sdcli.output.console import error_line, setup_logging, step_progress
 from sdcli.errors import SdcliError, UsageError, reason
-from sdcli.geometry import native_size
-from sdcli.metadata import INFOTEXT_KEY, read_chunks, settings_from_png
-from sdcli.references import builtin_models
-from sdcli.samplers import NAMES, SAMPLERS
-from sdcli.settings import (
+from sdcli.loading.geometry import native_size
+from sdcli.output.metadata import INFOTEXT_KEY, read_chunks, settings_from_png
+from sdcli.loading.references import builtin_models
+from sdcli.sampling.samplers import NAMES, SAMPLERS
+from sdcli.recipe import (
     DEFAULT_CLASSIFIER_SCALE,
     DEFAULT_MODEL,
     DEVICES,
@@ -290,7 +290,7 @@ def generate(
     request = build_request(given, from_image)
     destination = Output(file=output, out_dir=out_dir, overwrite=overwrite)
     # torch and diffusers take seconds to import: only this command needs them.
-    from sdcli.generate import generate as run
+    from sdcli.engine import generate as run
 
     with step_progress(interactive) as on_step:
         for path, made in run(request, destination, on_step):
@@ -370,7 +370,7 @@ def train_shapes(
     CUDA when there is one, else on the CPU."""
     from dataclasses import replace
 
-    from sdcli.references import builtin_root
+    from sdcli.loading.references import builtin_root
     from sdcli.shapes.train import TrainConfig, train
 
     overrides = {
@@ -456,8 +456,8 @@ def sweep_guidance(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
 ) -> None:
     """Sweep the guidance scale: a labelled contact sheet, per-image and per-scale metrics, and their plot."""
-    from sdcli.outputs import image_name
-    from sdcli.sweep import Sweep, parse_numbers, parse_seeds, parse_words, run
+    from sdcli.output.files import image_name
+    from sdcli.workflows.sweep import Sweep, parse_numbers, parse_seeds, parse_words, run
 
     interactive = sys.stderr.isatty() and not quiet
     setup_logging(verbose=interactive)
@@ -544,8 +544,8 @@ def batch(
     """Make the images of a prompt file; a rerun resumes. Print each written path (or JSON object) on stdout."""
     import signal
 
-    from sdcli.batch import FORMATS, run
-    from sdcli.batch import file_format as guess_format
+    from sdcli.workflows.batch import FORMATS, run
+    from sdcli.workflows.batch import file_format as guess_format
 
     interactive = sys.stderr.isatty() and not quiet
     setup_logging(verbose=interactive)
@@ -598,8 +598,8 @@ def info(
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Read .ckpt/.pt/.bin files.")] = False,
 ) -> None:
     """Print what a model is: family, prediction type, native size, dtype, parameters per component."""
-    from sdcli.model_info import format_info, model_info
-    from sdcli.references import resolve_model
+    from sdcli.loading.info import format_info, model_info
+    from sdcli.loading.references import resolve_model
 
     found = model_info(resolve_model(model, allow_pickle))
     print(json.dumps(found.as_dict()) if as_json else format_info(found))

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from sdcli.errors import Failure, UsageError, reason
-from sdcli.settings import Output, Request
+from sdcli.recipe import Output, Request
 
 SLUG_LENGTH = 60
 

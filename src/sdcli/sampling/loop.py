@@ -12,9 +12,9 @@ from collections.abc import Callable
 import torch
 from diffusers import UNet2DConditionModel
 
-from sdcli.conditioning import Conditioning
-from sdcli.guidance import Denoiser
-from sdcli.schedule import Schedule
+from sdcli.text.conditioning import Conditioning
+from sdcli.guidance.cfg import Denoiser
+from sdcli.sampling.schedule import Schedule
 
 # (x_t scaled for the model (B, C, h, w), t) -> the model's prediction, eps or v (B, C, h, w).
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

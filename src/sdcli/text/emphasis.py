@@ -2,7 +2,7 @@
 
     (word)        weight x 1.1            [word]      weight / 1.1
     (word:1.3)    weight x 1.3            ((word))    nesting multiplies: x 1.21
-    \\( \\) \\[ \\]   literal brackets        BREAK       ends the current 75-token chunk (see `sdcli.prompts`)
+    \\( \\) \\[ \\]   literal brackets        BREAK       ends the current 75-token chunk (see `sdcli.text.prompts`)
 
 It follows `parse_prompt_attention` of AUTOMATIC1111's `modules/prompt_parser.py`, unbalanced brackets included: a
 closing bracket with no opening one is literal text, and an opening bracket never closed weights the text up to the

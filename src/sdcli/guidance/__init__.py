@@ -1,0 +1,1 @@
+"""Guidance: wrappers from a predictor to a guided predictor, and the registry that chains them."""

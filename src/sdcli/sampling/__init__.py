@@ -1,0 +1,1 @@
+"""Sampling: the sampler registry, the diffusers scheduler wrapper, and the denoising loop."""
