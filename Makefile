@@ -27,6 +27,7 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_loop.py
+	$(BIN)/python benchmarks/bench_startup.py
 
 bench-cpu: install  # sdcli's defaults against diffusers' fp32 pipeline, SD 1.5 architecture, random weights
 	$(BIN)/python benchmarks/bench_cpu.py

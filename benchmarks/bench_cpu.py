@@ -48,7 +48,7 @@ def main() -> None:
         ours_model.text_encoder = copy.deepcopy(theirs_model.text_encoder).to(dtype)
         ours_model.vae = copy.deepcopy(theirs_model.vae).to(dtype)
         ours_model.dtype = dtype
-    request = Request(PROMPT, seed=0, steps=args.steps, width=args.size, height=args.size)
+    request = Request.of(prompt=PROMPT, seed=0, steps=args.steps, width=args.size, height=args.size)
     sampler = get_sampler(request.sampler)
     pipe = StableDiffusionPipeline(
         vae=theirs_model.vae, text_encoder=theirs_model.text_encoder, tokenizer=theirs_model.tokenizer,

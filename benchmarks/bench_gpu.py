@@ -80,8 +80,8 @@ def main() -> None:
         if mode == "compiled":
             model.unet.compile(dynamic=False)  # the same module in both loops: the same optimization
         for batch in args.batches:
-            request = Request(PROMPT, seed=0, steps=args.steps, sampler=args.sampler, width=args.size,
-                              height=args.size, num_images=batch, batch_size=batch)  # fmt: skip
+            request = Request.of(prompt=PROMPT, seed=0, steps=args.steps, sampler=args.sampler, width=args.size,
+                                      height=args.size, num_images=batch, batch_size=batch)  # fmt: skip
 
             def ours() -> None:
                 list(make_images(model, request))

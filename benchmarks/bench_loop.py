@@ -97,7 +97,7 @@ def main() -> None:
         )
         pipe.set_progress_bar_config(disable=True)
         width, height = model.native_size
-        request = Request(PROMPT, seed=0, cfg=args.cfg, steps=args.steps, sampler=args.sampler)
+        request = Request.of(prompt=PROMPT, seed=0, cfg=args.cfg, steps=args.steps, sampler=args.sampler)
 
         def ours() -> np.ndarray:
             (made,) = make_images(model, request)

@@ -1,7 +1,9 @@
 """Shared fixtures: tiny random Stable Diffusion models saved in diffusers format, built once per session.
 
 Nothing here touches the network: the models are built from random weights and a word tokenizer of our own, and
-HF_HUB_OFFLINE is set for the whole session.
+HF_HUB_OFFLINE is set for the whole session. Nothing depends on the host's processor either: SDCLI_CPU_BF16=0 makes
+`--dtype auto` on the CPU fp32 on every machine, in this process and in the sdcli processes tests start (a test that
+wants a CPU with bf16 units sets it to 1).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["SDCLI_CPU_BF16"] = "0"
 os.environ.pop("SDCLI_MODEL", None)
 # Tiny models run fastest on one thread, and this keeps the suite steady on a busy, shared machine.
 torch.set_num_threads(1)

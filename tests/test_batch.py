@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from sdcli.workflows.batch import Line, plan, read_lines, share_batches
 from sdcli.cli import app
-from sdcli.recipe import Request
+from tiny_sd import make_request
 
 FAST = ["--steps", "2", "--sampler", "euler"]
 DEFAULTS = {"model": "m", "seed": 0, "cfg": 7.5}
@@ -45,16 +45,16 @@ def images(folder: Path) -> dict[str, bytes]:
 def test_txt_one_prompt_per_line_skipping_blanks_and_comments():
     lines, invalid = read_lines("a red circle\n\n# a comment\n  a blue square  \n", "txt", DEFAULTS)
     assert invalid == []
-    assert [(line.number, line.request.prompt) for line in lines] == [(1, "a red circle"), (4, "a blue square")]
-    assert all(line.request.cfg == 7.5 and line.request.seed == 0 for line in lines)
+    assert [(line.number, line.request.recipe.prompt) for line in lines] == [(1, "a red circle"), (4, "a blue square")]
+    assert all(line.request.recipe.cfg == 7.5 and line.request.recipe.seed == 0 for line in lines)
 
 
 def test_jsonl_lines_override_the_command_line():
     text = '{"prompt": "a cat", "neg": "blue", "cfg": 5, "seed": 7, "n": 2}\n\n{"prompt": "a dog", "steps": 3}\n'
     lines, invalid = read_lines(text, "jsonl", DEFAULTS)
     assert invalid == []
-    first, second = (line.request for line in lines)
-    assert (first.negative_prompt, first.cfg, first.seed, first.num_images) == ("blue", 5, 7, 2)
+    first, second = (line.request.recipe for line in lines)
+    assert (first.negative_prompt, first.cfg, first.seed, lines[0].request.num_images) == ("blue", 5, 7, 2)
     assert (second.prompt, second.cfg, second.steps, second.seed) == ("a dog", 7.5, 3, 0)
     assert [line.number for line in lines] == [1, 3]
 
@@ -63,8 +63,8 @@ def test_csv_with_a_header_typed_by_the_settings():
     text = 'prompt,cfg,seed,n,neg\n"a cat, sitting",3.5,4,2,\na dog,,,,red\n'
     lines, invalid = read_lines(text, "csv", DEFAULTS)
     assert invalid == []
-    first, second = (line.request for line in lines)
-    assert (first.prompt, first.cfg, first.seed, first.num_images, first.negative_prompt) == (
+    first, second = (line.request.recipe for line in lines)
+    assert (first.prompt, first.cfg, first.seed, lines[0].request.num_images, first.negative_prompt) == (
         "a cat, sitting", 3.5, 4, 2, "",
     )  # fmt: skip
     assert (second.prompt, second.cfg, second.negative_prompt) == ("a dog", 7.5, "red")
@@ -89,13 +89,13 @@ def test_invalid_lines_are_reported_with_their_numbers():
 
 
 def test_names_are_stable_and_a_share_batches_images_of_one_line(tmp_path: Path):
-    lines = [Line(3, Request(prompt="A cat!", seed=10, num_images=3)), Line(5, Request(prompt="dog", seed=0))]
+    lines = [Line(3, make_request(prompt="A cat!", seed=10, num_images=3)), Line(5, make_request(prompt="dog", seed=0))]
     planned = plan(lines, tmp_path)
     assert [p.path.name for p in planned] == [
         "00003-000-10-a-cat.png", "00003-001-11-a-cat.png", "00003-002-12-a-cat.png", "00005-000-0-dog.png",
     ]  # fmt: skip
-    assert [(p.request.prompt, p.request.seed, p.request.num_images) for p in planned[2:]] == [
-        ("A cat!", 12, 1), ("dog", 0, 1),
+    assert [(p.recipe.prompt, p.recipe.seed) for p in planned[2:]] == [
+        ("A cat!", 12), ("dog", 0),
     ]  # fmt: skip
     # A share missing image 1 of line 3, two at a time: the rest in plan order.
     batches = share_batches([planned[0], planned[2], planned[3]], 2)

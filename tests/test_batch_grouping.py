@@ -18,7 +18,7 @@ from sdcli.workflows.batch import Line, plan, share_batches
 from sdcli.cli import app
 from sdcli.engine import make_batched
 from sdcli.loading.components import Model
-from sdcli.recipe import Request
+from tiny_sd import make_request
 
 FAST = {"steps": 2, "sampler": "euler", "cfg": 7.5}
 # Latents of |x| up to ~6: a batch of another size rounds float32 differently (~1e-5 seen), as --batch-size always
@@ -71,12 +71,12 @@ def images_of(batches: list[torch.Tensor]) -> Iterator[torch.Tensor]:
 
 def test_lines_differing_only_in_prompts_and_seeds_share_batches(tmp_path: Path):
     lines = [
-        Line(1, Request("a red circle", seed=0, num_images=2, **FAST)),
-        Line(2, Request("a blue square", seed=7, negative_prompt="red", **FAST)),
-        Line(3, Request("a red circle", seed=0, **{**FAST, "cfg": 3.0})),
-        Line(4, Request("a cat", seed=1, negative_prompt="dog", **FAST)),
-        Line(5, Request("a dog", seed=2, **{**FAST, "steps": 3})),
-        Line(6, Request("a black square", seed=3, **FAST)),
+        Line(1, make_request("a red circle", seed=0, num_images=2, **FAST)),
+        Line(2, make_request("a blue square", seed=7, negative_prompt="red", **FAST)),
+        Line(3, make_request("a red circle", seed=0, **{**FAST, "cfg": 3.0})),
+        Line(4, make_request("a cat", seed=1, negative_prompt="dog", **FAST)),
+        Line(5, make_request("a dog", seed=2, **{**FAST, "steps": 3})),
+        Line(6, make_request("a black square", seed=3, **FAST)),
     ]
     batches = share_batches(plan(lines, tmp_path), 4)
     assert [[(p.line.number, p.index) for p in batch] for batch in batches] == [
@@ -87,10 +87,10 @@ def test_lines_differing_only_in_prompts_and_seeds_share_batches(tmp_path: Path)
 def test_separate_negatives_group_by_how_many_branches_they_run(tmp_path: Path):
     separate = {**FAST, "neg_mode": "separate"}
     lines = [
-        Line(1, Request("a", seed=0, negative_prompt="red", **separate)),
-        Line(2, Request("b", seed=0, negative_prompt="blue", **separate)),  # one negative branch, as line 1
-        Line(3, Request("c", seed=0, **separate)),  # an empty negative runs no branch
-        Line(4, Request("d", seed=0, negative_prompt="red", extra_negative_prompts=("blue",), **separate)),
+        Line(1, make_request("a", seed=0, negative_prompt="red", **separate)),
+        Line(2, make_request("b", seed=0, negative_prompt="blue", **separate)),  # one negative branch, as line 1
+        Line(3, make_request("c", seed=0, **separate)),  # an empty negative runs no branch
+        Line(4, make_request("d", seed=0, negative_prompt="red", extra_negative_prompts=("blue",), **separate)),
     ]
     batches = share_batches(plan(lines, tmp_path), 8)
     assert [[p.line.number for p in batch] for batch in batches] == [[1, 2], [3], [4]]
@@ -98,12 +98,12 @@ def test_separate_negatives_group_by_how_many_branches_they_run(tmp_path: Path):
 
 def test_a_mixed_batch_makes_each_image_as_alone(loaded: Model, unet_calls: list[int], latents: list[torch.Tensor]):
     requests = [
-        Request("a red circle", seed=3, negative_prompt="blue", batch_size=4, **FAST),
-        Request("a green square on a black background", seed=11, batch_size=4, **FAST),
-        Request("a red circle", seed=4, negative_prompt="blue", batch_size=4, **FAST),
-        Request("a cat", seed=3, negative_prompt="white background", batch_size=4, **FAST),
+        make_request("a red circle", seed=3, negative_prompt="blue", **FAST).recipe,
+        make_request("a green square on a black background", seed=11, **FAST).recipe,
+        make_request("a red circle", seed=4, negative_prompt="blue", **FAST).recipe,
+        make_request("a cat", seed=3, negative_prompt="white background", **FAST).recipe,
     ]
-    mixed = list(make_batched(loaded, requests))
+    mixed = list(make_batched(loaded, requests, 4))
     assert unet_calls == [4 * 2] * 2  # one call per step: 4 images x (negative, prompt)
     together = list(images_of(latents))
     alone = []
@@ -112,7 +112,6 @@ def test_a_mixed_batch_makes_each_image_as_alone(loaded: Model, unet_calls: list
         (made,) = make_batched(loaded, [request])
         alone.append(made)
         (row,) = images_of(latents)
-        print("MAXDIFF", (row - together[len(alone) - 1]).abs().max().item(), row.abs().max().item())
     assert all(close_pixels(m.image, a.image) for m, a in zip(mixed, alone, strict=True))
     assert [(m.record.prompt, m.record.negative_prompt, m.record.seed) for m in mixed] == [
         (r.prompt, r.negative_prompt, r.seed) for r in requests
@@ -122,12 +121,13 @@ def test_a_mixed_batch_makes_each_image_as_alone(loaded: Model, unet_calls: list
 
 
 def test_separate_negatives_of_other_texts_batch_too(loaded: Model, unet_calls: list[int], latents: list[torch.Tensor]):
-    separate = {**FAST, "neg_mode": "separate", "batch_size": 2}
+    separate = {**FAST, "neg_mode": "separate"}
     requests = [
-        Request("a red circle", seed=1, negative_prompt="blue", extra_negative_prompts=("square",), **separate),
-        Request("a blue square", seed=2, negative_prompt="red", extra_negative_prompts=("circle",), **separate),
+        make_request("a red circle", seed=1, negative_prompt="blue", extra_negative_prompts=("square",), **separate),
+        make_request("a blue square", seed=2, negative_prompt="red", extra_negative_prompts=("circle",), **separate),
     ]
-    mixed = list(make_batched(loaded, requests))
+    requests = [r.recipe for r in requests]
+    mixed = list(make_batched(loaded, requests, 2))
     assert unet_calls == [2 * 4] * 2  # 2 images x (empty, prompt, 2 negatives)
     together = list(images_of(latents))
     for request, row, made in zip(requests, together, mixed, strict=True):
@@ -139,15 +139,16 @@ def test_separate_negatives_of_other_texts_batch_too(loaded: Model, unet_calls: 
 
 def test_contexts_of_other_lengths_are_not_batched(loaded: Model, unet_calls: list[int]):
     """A long prompt's context (two chunks) cannot stack with a short one's, and padding would change the image."""
-    requests = [Request(prompt, seed=i, batch_size=4, **FAST) for i, prompt in enumerate(["a", LONG, LONG, "b"])]
-    made = list(make_batched(loaded, requests))
+    recipes = [make_request(prompt, seed=i, **FAST).recipe for i, prompt in enumerate(["a", LONG, LONG, "b"])]
+    made = list(make_batched(loaded, recipes, 4))
     assert unet_calls == [2] * 2 + [4] * 2 + [2] * 2  # runs of equal length: [a], [LONG, LONG], [b]
     assert [m.record.prompt for m in made] == ["a", LONG, LONG, "b"]
 
 
 def test_requests_that_differ_in_other_settings_are_refused(loaded: Model):
     with pytest.raises(ValueError, match="differ only in prompts and seed"):
-        list(make_batched(loaded, [Request("a", seed=0, **FAST), Request("b", seed=0, **{**FAST, "cfg": 2.0})]))
+        recipes = [make_request("a", seed=0, **FAST).recipe, make_request("b", seed=0, **{**FAST, "cfg": 2.0}).recipe]
+        list(make_batched(loaded, recipes))
 
 
 def test_batch_files_match_one_image_per_call(tiny_model: Path, tmp_path: Path, unet_calls: list[int]):

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from sdcli.guidance.classifier import (
     NoisyClassifier,
-    classifier_guided,
+    classifier_guidance,
+    classifier_shift,
     load_classifier,
     log_prob_gradient,
     parse_targets,
@@ -24,11 +25,11 @@ from sdcli.guidance.classifier import (
 from sdcli.cli import app
 from sdcli.errors import UsageError
 from sdcli.engine import make_images
-from sdcli.guidance.cfg import classifier_shift, sigma_of_timestep
+from sdcli.sampling.loop import sigma_of_timestep
 from sdcli.loading.components import Model, load_model
 from sdcli.loading.references import resolve_model
-from sdcli.recipe import Request
 from sdcli.shapes.judge import judge
+from tiny_sd import make_request
 
 HEADS = {"color": ["red", "green", "blue"], "shape": ["circle", "square"]}
 FAST = {"steps": 3, "sampler": "euler", "seed": 7, "width": 16, "height": 16}
@@ -67,7 +68,7 @@ def test_the_guided_prediction_subtracts_the_shift_from_epsilon():
     alphas_cumprod = torch.linspace(0.99, 0.01, 1000)
     classifier = LinearClassifier(torch.randn(3, 4))
     x, t, eps = torch.randn(1, 4, 2, 2), torch.tensor(250.0), torch.randn(1, 4, 2, 2)
-    guided = classifier_guided(lambda x, t: eps, classifier, {"color": 2}, 3.0, alphas_cumprod)(x, t)
+    guided = classifier_guidance(lambda x, t: eps, classifier, {"color": 2}, 3.0, alphas_cumprod)(x, t)
     alphabar = 1 / (1 + sigma_of_timestep(t, alphas_cumprod) ** 2)
     assert alphabar == pytest.approx(alphas_cumprod[250].item(), rel=1e-6)
     grad = log_prob_gradient(classifier, {"color": 2}, x, t)
@@ -110,7 +111,7 @@ def classified(with_classifier: Path) -> Model:
 
 
 def pixels(model: Model, **settings) -> np.ndarray:
-    (made,) = make_images(model, Request("a red circle", **{**FAST, **settings}))
+    (made,) = make_images(model, make_request("a red circle", **{**FAST, **settings}))
     return np.asarray(made.image).astype(np.int16)
 
 
@@ -209,7 +210,7 @@ def test_classifier_guidance_steers_the_built_in_model_to_a_colour():
     """Pure classifier guidance (empty prompt, w = 1): at least 80% of 24 seeds show the colour (chance: 1 in 6)."""
     model = load_model(resolve_model("shapes"), torch.device("cpu"), torch.float32)
     settings = {"seed": 0, "num_images": 24, "batch_size": 24, "cfg": 1.0}
-    guided = make_images(model, Request("", classifier="color=purple", **settings))
-    unguided = make_images(model, Request("", **settings))
+    guided = make_images(model, make_request("", classifier="color=purple", **settings))
+    unguided = make_images(model, make_request("", **settings))
     purple = [sum(judge(np.asarray(m.image)).colour == "purple" for m in made) for made in (guided, unguided)]
     assert purple[0] >= 0.8 * 24 and purple[1] < purple[0]

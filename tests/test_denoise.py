@@ -7,7 +7,7 @@ import torch
 from sdcli.sampling.loop import denoise, initial_noise
 from sdcli.loading.components import Model
 from sdcli.sampling.samplers import get_sampler
-from sdcli.sampling.schedule import Schedule, build_scheduler
+from sdcli.sampling.loop import Schedule, build_scheduler
 
 CPU = torch.device("cpu")
 

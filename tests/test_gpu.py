@@ -12,7 +12,7 @@ from sdcli.loading.devices import resolve_device, resolve_dtype
 from sdcli.engine import make_images
 from sdcli.loading.components import Model, load_model
 from sdcli.loading.references import resolve_model
-from sdcli.recipe import Request
+from tiny_sd import make_request
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -23,7 +23,7 @@ def test_auto_is_cuda_in_fp16_with_an_fp32_vae(tiny_model: Path, loaded: Model):
     assert device.type == "cuda"
     assert model.unet.dtype == model.text_encoder.dtype == torch.float16
     assert model.vae.dtype == torch.float32
-    request = Request("a red circle", seed=3, steps=4, sampler="euler-a")
+    request = make_request("a red circle", seed=3, steps=4, sampler="euler-a")
     (on_gpu,) = make_images(model, request)
     (on_cpu,) = make_images(loaded, request)
     assert (on_gpu.record.device, on_gpu.record.dtype) == ("cuda", "fp16")

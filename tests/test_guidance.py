@@ -14,17 +14,18 @@ from sdcli.errors import UsageError
 from sdcli.guidance.cfg import (
     CountedDenoiser,
     cfg,
-    guide_within,
-    guided,
-    interval_sigmas,
+    cfg_guided,
     needs_unconditional,
     rescale_cfg,
-    sigma_of_timestep,
     subtract_negatives,
 )
-from sdcli.guidance.interval import GuidanceInterval, parse_interval
+from sdcli.guidance.context import GuidanceContext
+from sdcli.guidance.interval import guide_within, interval_sigmas, within
+from sdcli.recipe import GuidanceInterval, Recipe, parse_interval
+from sdcli.sampling.loop import sigma_of_timestep
+from sdcli.text.conditioning import Branches
 from sdcli.loading.components import Model
-from sdcli.recipe import Request
+from tiny_sd import make_request
 
 
 def test_cfg_is_the_formula_of_ho_and_salimans():
@@ -59,6 +60,14 @@ class ToyDenoiser:
         return x * t + cond.context.sum(dim=(1, 2)).view(-1, 1, 1, 1)
 
 
+def guided(model, x, t, cond, uncond, scale, negatives=(), neg_scale=None, rescale=0.0, guide_at=None):
+    """The registry's CFG entry over a toy model, inside `guide_at`'s interval when given, evaluated once."""
+    recipe = Recipe(cfg=scale, neg_mode="separate" if negatives else "replace", neg_scale=neg_scale, cfg_rescale=rescale)
+    context = GuidanceContext(model, Branches(cond, uncond, tuple(negatives)), recipe, ALPHAS_CUMPROD, model=None)
+    predict = cfg_guided(context.conditional, context)
+    return (predict if guide_at is None else within(predict, context.conditional, guide_at))(x, t)
+
+
 def test_guided_makes_one_batched_call_with_unconditional_half_first():
     model = ToyDenoiser()
     x = torch.ones(2, 4, 3, 3)  # (B, C, h, w)
@@ -87,7 +96,7 @@ def test_one_unet_call_per_step_with_both_halves_unless_scale_is_one(loaded: Mod
     batches: list[int] = []
     hook = loaded.unet.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
     try:
-        request = Request("a red circle", seed=0, steps=4, sampler="euler", cfg=scale, num_images=3, batch_size=3)
+        request = make_request("a red circle", seed=0, steps=4, sampler="euler", cfg=scale, num_images=3, batch_size=3)
         list(make_images(loaded, request))
     finally:
         hook.remove()

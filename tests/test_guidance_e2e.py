@@ -18,18 +18,18 @@ from typer.testing import CliRunner
 
 from sdcli.cli import app
 from sdcli.engine import Generated, make_images
-from sdcli.guidance.cfg import sigma_of_timestep
+from sdcli.sampling.loop import sigma_of_timestep
 from sdcli.loading.components import Model
 from sdcli.sampling.samplers import get_sampler
-from sdcli.sampling.schedule import Schedule, build_scheduler
-from sdcli.recipe import Request
+from sdcli.sampling.loop import Schedule, build_scheduler
+from tiny_sd import make_request
 
 PROMPT = "a red circle on a white background"
 FAST = {"steps": 3, "sampler": "euler", "seed": 7, "width": 16, "height": 16}
 
 
 def make(model: Model, **settings) -> Generated:
-    (made,) = make_images(model, Request(PROMPT, **{**FAST, **settings}))
+    (made,) = make_images(model, make_request(PROMPT, **{**FAST, **settings}))
     return made
 
 
@@ -64,7 +64,7 @@ def test_separate_differs_from_replace(loaded: Model):
 
 
 def test_several_negatives_are_branches_of_one_batched_unet_call(loaded: Model):
-    request = Request(
+    request = make_request(
         PROMPT,
         **{**FAST, "num_images": 2, "batch_size": 2},
         negative_prompt="blue",

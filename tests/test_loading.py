@@ -16,7 +16,7 @@ from sdcli.engine import make_images
 from sdcli.loading.geometry import check_size, latent_scale, native_size
 from sdcli.loading.components import Model, load_model
 from sdcli.loading.references import resolve_model
-from sdcli.recipe import Request
+from tiny_sd import make_request
 
 
 def test_latent_geometry_comes_from_the_configs(loaded: Model):
@@ -33,7 +33,7 @@ def test_half_precision_keeps_the_vae_in_fp32_when_its_config_asks(tiny_model: P
     assert model.vae.config.force_upcast  # diffusers' default, as in SD's VAEs
     assert model.unet.dtype == model.text_encoder.dtype == dtype
     assert model.vae.dtype == vae_dtype
-    (made,) = make_images(model, Request("a red circle", seed=1, steps=2))
+    (made,) = make_images(model, make_request("a red circle", seed=1, steps=2))
     assert made.record.dtype == {torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
     assert made.image.size == (16, 16)
 
@@ -92,7 +92,7 @@ def test_the_built_in_root_is_the_packages_models_folder():
 
 def test_cpu_is_always_there():
     assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32  # conftest: a CPU without bf16 units
     assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 

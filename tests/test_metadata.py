@@ -102,7 +102,7 @@ def test_png_round_trip(tmp_path: Path):
     assert json.loads(chunks["sdcli"]) == {"version": sdcli.__version__, **RECORD.as_dict()}
     assert settings_from_png(path) == RECORD.as_dict()
     # Whatever the PNG holds, it makes a valid request again.
-    assert Request(**settings_from_png(path)).seed == 42
+    assert Request.of(settings_from_png(path)).recipe.seed == 42
 
 
 def test_png_round_trip_of_non_latin_text(tmp_path: Path):

@@ -23,7 +23,7 @@ from sdcli.cli import app
 from sdcli.engine import make_images
 from sdcli.loading.components import Model
 from sdcli.sampling.samplers import SAMPLERS, get_sampler
-from sdcli.recipe import Request
+from tiny_sd import make_request
 
 TOLERANCE = 2  # in 8-bit levels
 STEPS = 4
@@ -71,7 +71,7 @@ def oracles(tiny_model: Path, tiny_v_model: Path) -> dict[str, Oracle]:
 
 
 def ours(model: Model, sampler: str, *, negative: str, width: int, height: int, cfg: float = 7.5) -> np.ndarray:
-    request = Request(
+    request = make_request(
         PROMPT, seed=SEED, negative_prompt=negative, cfg=cfg, steps=STEPS, sampler=sampler, width=width, height=height
     )
     (made,) = make_images(model, request)

@@ -11,7 +11,8 @@ import pytest
 from sdcli.output import files as outputs
 from sdcli.errors import Failure, UsageError
 from sdcli.output.files import image_name, plan_paths, write_atomic
-from sdcli.recipe import Output, Request
+from sdcli.output.files import Output
+from tiny_sd import make_request
 
 
 def test_names_come_from_seed_and_prompt():
@@ -21,7 +22,7 @@ def test_names_come_from_seed_and_prompt():
 
 
 def test_paths_for_several_images(tmp_path: Path):
-    request = Request("a cat", seed=5, num_images=3)
+    request = make_request("a cat", seed=5, num_images=3)
     assert plan_paths(request, Output(out_dir=tmp_path)) == [tmp_path / f"{s}-a-cat.png" for s in (5, 6, 7)]
     assert not any(tmp_path.iterdir())  # planning writes nothing
 
@@ -29,7 +30,7 @@ def test_paths_for_several_images(tmp_path: Path):
 def test_an_output_that_is_a_folder_is_refused(tmp_path: Path):
     (tmp_path / "dir.png").mkdir()
     with pytest.raises(UsageError, match="is a folder"):
-        plan_paths(Request("a cat", seed=1), Output(file=tmp_path / "dir.png"))
+        plan_paths(make_request("a cat", seed=1), Output(file=tmp_path / "dir.png"))
 
 
 def test_write_atomic_creates_folders_and_respects_the_umask(tmp_path: Path):

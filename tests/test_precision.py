@@ -15,17 +15,41 @@ from typer.testing import CliRunner
 
 from sdcli.loading import devices
 from sdcli.cli import app
-from sdcli.errors import Failure
+from sdcli.errors import Failure, UsageError
 from sdcli.output.images import decode
 from sdcli.loading.components import Model
+from tiny_sd import make_request
 
 
-@pytest.mark.parametrize("amx, expected", [(True, torch.bfloat16), (False, torch.float32)])
+@pytest.mark.parametrize("amx, expected", [("1", torch.bfloat16), ("0", torch.float32)])
 def test_auto_on_the_cpu_is_bf16_only_with_bf16_matrix_units(monkeypatch: pytest.MonkeyPatch, amx, expected):
-    monkeypatch.setattr(devices, "cpu_has_bf16_matrix_units", lambda: amx)
+    monkeypatch.setenv(devices.CPU_BF16_ENV, amx)  # whatever this machine's CPU has
     assert devices.resolve_dtype("auto", torch.device("cpu")) == expected
     assert devices.resolve_dtype("fp32", torch.device("cpu")) == torch.float32
     assert devices.resolve_dtype("auto", torch.device("cuda")) == torch.float16
+
+
+@pytest.mark.parametrize(
+    "capability, flags, amx",
+    [("AVX512", "fpu avx512f amx_bf16 amx_tile", True), ("AVX512", "fpu avx512f avx512_bf16", False),
+     ("AMX", "", True), ("AVX2", None, False)],
+)  # fmt: skip
+def test_bf16_matrix_units_are_asked_of_torch_and_cpuinfo_when_not_pinned(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capability: str, flags: str | None, amx: bool
+):
+    monkeypatch.delenv(devices.CPU_BF16_ENV, raising=False)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    cpuinfo = tmp_path / "cpuinfo"  # None: not there, as on macOS
+    if flags is not None:
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(devices, "CPUINFO", cpuinfo)
+    assert devices.cpu_has_bf16_matrix_units() is amx
+
+
+def test_a_bf16_pin_other_than_0_or_1_is_a_usage_error(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv(devices.CPU_BF16_ENV, "yes")
+    with pytest.raises(UsageError, match="SDCLI_CPU_BF16='yes' is neither 1 nor 0; set it to 1"):
+        devices.resolve_dtype("auto", torch.device("cpu"))
 
 
 def test_an_overflowing_half_precision_decode_is_redone_in_fp32(loaded: Model, caplog: pytest.LogCaptureFixture):
@@ -88,12 +112,11 @@ def test_on_cuda_channels_last_offload_and_fp16_give_a_finite_image(tiny_model: 
     from sdcli.engine import make_images
     from sdcli.loading.components import LoadOptions, load_model
     from sdcli.loading.references import resolve_model
-    from sdcli.recipe import Request
-
+    
     device = devices.resolve_device("cuda")
     for options in (LoadOptions(), LoadOptions(offload=True, vae_tiling=True)):
         model = load_model(resolve_model(str(tiny_model)), device, torch.float16, options)
-        (made,) = make_images(model, Request("a red circle", seed=3, steps=4))
+        (made,) = make_images(model, make_request("a red circle", seed=3, steps=4))
         assert np.isfinite(np.asarray(made.image, dtype=float)).all()
         if not options.offload:
             assert model.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)

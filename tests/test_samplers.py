@@ -9,12 +9,12 @@ import torch
 from typer.testing import CliRunner
 
 from sdcli.cli import app
-from sdcli.cli.app import SamplerName
+from sdcli.recipe import Recipe, declared
 from sdcli.sampling.loop import denoise, initial_noise
 from sdcli.errors import UsageError
 from sdcli.loading.components import Model
 from sdcli.sampling.samplers import NAMES, SAMPLERS, from_a1111_name, get_sampler
-from sdcli.sampling.schedule import Schedule, build_scheduler
+from sdcli.sampling.loop import Schedule, build_scheduler
 
 # The table of the core issue: name, AUTOMATIC1111 name, diffusers scheduler, settings that must hold.
 TABLE = [
@@ -78,7 +78,8 @@ def test_unknown_sampler_is_a_usage_error_listing_the_valid_ones():
 
 
 def test_command_line_choices_are_the_registry():
-    assert [choice.value for choice in SamplerName] == list(NAMES)
+    (sampler,) = [spec for f, spec in declared(Recipe) if f.name == "sampler"]
+    assert sampler.choices == NAMES
     # And the parser uses them: an unknown name is refused with the registry's names, a known one passes parsing
     # (to fail later, on the model that does not exist).
     refused = CliRunner().invoke(app, ["generate", "x", "--sampler", "euler-b"])

@@ -15,7 +15,7 @@ from diffusers import StableDiffusionXLPipeline
 from PIL import Image
 from test_bad_input import refused
 from test_oracle import CASES, PROMPT, SEED, STEPS, TOLERANCE, Oracle, max_difference, ours
-from tiny_sd import build_tiny_sdxl
+from tiny_sd import build_tiny_sdxl, make_request
 from typer.testing import CliRunner
 
 from sdcli.cli import app
@@ -23,7 +23,6 @@ from sdcli.engine import make_images
 from sdcli.loading.components import Model, load_model
 from sdcli.text.prompts import encode_prompt
 from sdcli.loading.references import resolve_model
-from sdcli.recipe import Request
 
 CPU = torch.device("cpu")
 SAMPLERS = ["euler", "euler-a", "dpm++2m-karras", "ddim"]
@@ -123,7 +122,7 @@ def test_every_branch_gets_its_pooled_embedding_and_the_size_in_one_unet_call(mo
     calls: list[dict] = []
     hook = model.unet.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs), with_kwargs=True)
     try:
-        request = Request(PROMPT, seed=SEED, steps=2, sampler="euler", width=24, height=16, num_images=2,
+        request = make_request(PROMPT, seed=SEED, steps=2, sampler="euler", width=24, height=16, num_images=2,
                           batch_size=2, negative_prompt="blue", neg_mode="separate")  # fmt: skip
         batched = [np.asarray(made.image) for made in make_images(model, request)]
     finally:
@@ -133,7 +132,7 @@ def test_every_branch_gets_its_pooled_embedding_and_the_size_in_one_unet_call(mo
     assert added["text_embeds"].shape == (6, 32)
     assert torch.equal(added["text_embeds"][:2], torch.zeros(2, 32))  # the empty prompt, zeroed
     assert torch.equal(added["time_ids"], torch.tensor([[16.0, 24, 0, 0, 16, 24]]).repeat(6, 1))  # (H, W, 0, 0, H, W)
-    one_by_one = [np.asarray(made.image) for made in make_images(model, replace(request, batch_size=1))]
+    one_by_one = [np.asarray(made.image) for made in make_images(model, replace(request, run=replace(request.run, batch_size=1)))]
     # The same noise and conditioning per image; oneDNN may pick another convolution algorithm for another batch
     # size, which can move a value across a rounding step (seen on an AVX-512 CPU: one pixel, one level).
     for a, b in zip(batched, one_by_one, strict=True):

@@ -14,11 +14,11 @@ from sdcli.cli import app
 from sdcli.sampling.loop import initial_noise
 from sdcli.engine import make_images
 from sdcli.loading.components import Model
-from sdcli.recipe import Request
+from tiny_sd import make_request
 
 
 def pixels(model: Model, **settings) -> list[np.ndarray]:
-    request = Request("a blue square", **{"steps": 3, **settings})
+    request = make_request("a blue square", **{"steps": 3, **settings})
     return [np.asarray(made.image) for made in make_images(model, request)]
 
 
@@ -47,7 +47,7 @@ def test_a_batch_gives_exactly_the_images_of_single_runs(loaded: Model, sampler:
 
 
 def test_records_carry_each_images_own_seed(loaded: Model):
-    request = Request("a blue square", seed=100, steps=2, num_images=3, batch_size=2)
+    request = make_request("a blue square", seed=100, steps=2, num_images=3, batch_size=2)
     assert [made.record.seed for made in make_images(loaded, request)] == [100, 101, 102]
 
 

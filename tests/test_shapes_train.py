@@ -10,7 +10,7 @@ from sdcli.cli import app
 from sdcli.engine import make_images
 from sdcli.loading.components import load_model
 from sdcli.loading.references import resolve_model
-from sdcli.recipe import Request
+from tiny_sd import make_request
 
 
 def test_train_shapes_saves_a_loadable_model_and_resumes(tmp_path):
@@ -26,7 +26,7 @@ def test_train_shapes_saves_a_loadable_model_and_resumes(tmp_path):
 
     model = load_model(resolve_model(str(out)), torch.device("cpu"), torch.float32)
     assert model.native_size == (64, 64)
-    request = Request(prompt="a red circle on a white background", seed=0, steps=2, model=str(out))
+    request = make_request(prompt="a red circle on a white background", seed=0, steps=2, model=str(out))
     (made,) = make_images(model, request)
     assert np.asarray(made.image).shape == (64, 64, 3)
 

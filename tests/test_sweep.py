@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from sdcli.cli import app
 from sdcli.errors import UsageError
-from sdcli.workflows.metrics import ClipScorer, diversity, judged_adherence, named_attributes
+from sdcli.shapes.judge import judged_adherence, named_attributes
+from sdcli.workflows.metrics import ClipScorer, diversity
 from sdcli.shapes.world import Scene, render
 from sdcli.output.sheets import BACKGROUND, contact_sheet, line_plot, sheet_layout
 from sdcli.workflows.sweep import parse_numbers, parse_seeds

@@ -8,6 +8,7 @@ second encoder with a projection, a U-Net with size conditioning); only the widt
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -20,6 +21,7 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from sdcli.recipe import Request
 from sdcli.shapes.tokenizer import write_word_tokenizer
 
 WORDS = "a an the red green blue yellow circle square triangle on white black gray background photo of cat dog".split()
@@ -170,3 +172,8 @@ def save_sd_folder(folder: Path, **components) -> Path:
                                    requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return folder
+
+
+def make_request(prompt: str, **settings: Any) -> Request:
+    """A request from settings by name, as the command line gives them: `make_request("a cat", seed=1, steps=2)`."""
+    return Request.of({"prompt": prompt, **settings})

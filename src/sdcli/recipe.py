@@ -1,25 +1,80 @@
-"""What a run asks for, as frozen dataclasses checked on creation. No torch here: the command line validates
-settings (and `sdcli inspect` reads them) without importing the model stack.
+"""The recipe: every setting that makes an image, declared once. No torch here, so the command line checks settings
+(and `sdcli inspect` reads them) without importing the model stack.
+
+Three frozen dataclasses hold what a run asks for:
+
+- `Recipe`: what makes an image. Recorded in its PNG (the `sdcli` JSON chunk, and AUTOMATIC1111's infotext where it
+  has a key), replayed by `--from`, set per line in batch files (those that load the model: per batch).
+- `Request`: a recipe and how many images of it (seeds seed .. seed + n - 1).
+- `Run`: how a run goes (device, dtype, batch size, speed options): never what an image is.
+
+Each setting is one field, declared with `setting(...)`: its default, help, check, command-line flags and infotext
+key. The record, `--from`, the batch file's per-line fields and the command-line options are all derived from these
+declarations, so a new recorded setting is one declaration here plus its use in the engine.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from sdcli.errors import UsageError
-from sdcli.guidance.interval import parse_interval
-from sdcli.sampling.samplers import get_sampler
+from sdcli.sampling.samplers import NAMES as SAMPLER_NAMES
+from sdcli.sampling.samplers import from_a1111_name, get_sampler
 
 DEFAULT_MODEL = "shapes"  # the built-in model, used when neither --model nor $SDCLI_MODEL names one
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 NEG_MODES = ("replace", "separate")  # the negative prompt as the unconditional branch, or as terms of their own
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 DEFAULT_CLASSIFIER_SCALE = 10.0  # s of classifier guidance, when --classifier names targets
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
+# Limits checked before any work: beyond them a run would exhaust memory or time rather than make an image.
+MAX_SIDE = 16384  # pixels per side (SDXL's native side is 1024)
+MAX_STEPS = 10000
+MAX_IMAGES = 100000  # images per request
+MAX_BATCH = 1024  # images per U-Net call
+
+
+# `--guidance-interval LO,HI` as typed (Kynkäänniemi et al. 2024 define the interval in noise levels sigma):
+# `0.28,5.42` are sigmas, sigma = sqrt((1 - alphabar_t) / alphabar_t), about 14.6 at the start of an SD run and 0.03
+# at its end; `20%,80%` are percentages of the schedule, as ComfyUI's start/end percent: p% is the timestep
+# t = (1 - p/100) (training timesteps - 1), so 0% is the noisiest end. sdcli.guidance.interval applies it.
+_EXAMPLES = "for example --guidance-interval 0.28,5.42 (sigmas) or --guidance-interval 20%,80% (of the schedule)"
+
+
+@dataclass(frozen=True)
+class GuidanceInterval:
+    """Guidance runs where the noise level lies within [lo, hi]."""
+
+    lo: float
+    hi: float
+    percent: bool  # True: lo and hi are fractions (0..1) of the schedule, typed as percentages; False: sigmas
+
+
+def parse_interval(text: str) -> GuidanceInterval:
+    """`LO,HI` (sigmas) or `LO%,HI%` (percentages of the schedule); a UsageError that shows both forms otherwise."""
+    parts = [part.strip() for part in text.split(",")] if isinstance(text, str) else []
+    if len(parts) != 2:
+        raise UsageError(f"--guidance-interval takes two values LO,HI, not {text!r}; {_EXAMPLES}")
+    percent = [part.endswith("%") for part in parts]
+    if percent[0] != percent[1]:
+        raise UsageError(f"--guidance-interval {text}: give both values as sigmas or both as percentages; {_EXAMPLES}")
+    try:
+        lo, hi = (float(part.rstrip("%")) for part in parts)
+    except ValueError:
+        raise UsageError(f"--guidance-interval {text}: LO and HI must be numbers; {_EXAMPLES}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
+        raise UsageError(f"--guidance-interval {text}: need 0 <= LO <= HI; {_EXAMPLES}")
+    if percent[0]:
+        if hi > 100:
+            raise UsageError(f"--guidance-interval {text}: percentages run from 0% to 100%; {_EXAMPLES}")
+        return GuidanceInterval(lo / 100, hi / 100, percent=True)
+    return GuidanceInterval(lo, hi, percent=False)
 
 
 def random_seed() -> int:
@@ -27,134 +82,206 @@ def random_seed() -> int:
     return random.SystemRandom().randrange(2**32)
 
 
+# What a value of each kind must be: a test, and the words that say it in an error.
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise UsageError(message)
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_guidance(request: Request) -> None:
-    """The guidance and prompt settings of a request (JSON gives lists: the negatives become a tuple)."""
-    negatives = request.extra_negative_prompts
-    _check(
-        isinstance(negatives, (list, tuple)) and all(isinstance(n, str) for n in negatives),
-        "--neg must be text",
-    )
-    object.__setattr__(request, "extra_negative_prompts", tuple(negatives))
-    _check(request.neg_mode in NEG_MODES, f"--neg-mode must be one of {', '.join(NEG_MODES)}, not {request.neg_mode!r}")
-    if request.neg_mode == "replace":
-        _check(
-            not negatives,
-            "several --neg need --neg-mode separate (in replace mode the one negative prompt is the unconditional "
-            "branch); give one --neg, or add --neg-mode separate",
-        )
-        _check(request.neg_scale is None, "--neg-scale needs --neg-mode separate; add it, or leave out --neg-scale")
-    _check(
-        request.neg_scale is None or _is_number(request.neg_scale),
-        f"--neg-scale must be a finite number, not {request.neg_scale!r}; for example --neg-scale 4",
-    )
-    _check(
-        _is_number(request.cfg_rescale) and 0 <= request.cfg_rescale <= 1,
-        f"--cfg-rescale must be a number from 0 to 1, not {request.cfg_rescale!r}; for example --cfg-rescale 0.7",
-    )
-    if request.guidance_interval is not None:
-        parse_interval(request.guidance_interval)
-    _check(isinstance(request.long_prompts, bool), "long_prompts must be true or false")
-    if request.classifier is None:
-        _check(
-            request.classifier_scale is None,
-            "--classifier-scale needs --classifier HEAD=LABEL (for example --classifier color=red)",
-        )
-        return
-    _check(
-        isinstance(request.classifier, str)
-        and all(item.count("=") == 1 for item in request.classifier.split(",") if item.strip()),
-        f"--classifier {request.classifier!r}: give HEAD=LABEL pairs separated by commas, for example "
-        "color=red,shape=circle",
-    )
-    _check(
-        request.classifier_scale is None or _is_number(request.classifier_scale),
-        f"--classifier-scale must be a finite number, not {request.classifier_scale!r}; for example "
-        f"--classifier-scale {DEFAULT_CLASSIFIER_SCALE:g}",
-    )
+def _whole(lo: int, hi: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_int(v) and lo <= v <= hi), f"a whole number from {lo} to {hi:,}"
+
+
+def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: v in choices), f"one of {', '.join(choices)}"
+
+
+FINITE = (_is_number, "a finite number")
+TEXT = (lambda v: isinstance(v, str), "text")
+NAME = (lambda v: isinstance(v, str) and v != "", "a name")
+FLAG = (lambda v: isinstance(v, bool), "true or false")
+OPTIONAL = {"check": None}  # a setting whose None means "not set" (checked only when set)
 
 
 @dataclass(frozen=True)
-class Request:
-    """One prompt, its settings, and how many images to make of it."""
+class Infotext:
+    """A setting's place in AUTOMATIC1111's `parameters` infotext: `Key: value` on its last line."""
 
-    prompt: str
-    seed: int  # image i is made from seed + i, so any image can be remade alone
-    negative_prompt: str = ""  # the unconditional branch of classifier-free guidance ("": the empty prompt)
-    cfg: float = 7.5  # guidance scale w: 1 runs the conditional model only, 0 the unconditional one
-    steps: int = 30  # inference steps, as diffusers' `num_inference_steps`
-    sampler: str = "dpm++2m-karras"  # a name from sdcli.sampling.samplers
-    width: int | None = None  # pixels; None: the model's native size
-    height: int | None = None
-    num_images: int = 1
-    batch_size: int = 1  # images per U-Net call; never changes the pixels
-    model: str = DEFAULT_MODEL  # a diffusers folder, a Hugging Face repo id, or a built-in model's name
-    device: str = "auto"  # one of DEVICES
-    dtype: str = "auto"  # one of DTYPES
-    vae: str | None = None  # another VAE (a file or folder) in place of the model's own
-    allow_pickle: bool = False  # load pickle checkpoints' tensors (torch.load with weights_only=True)
-    vae_tiling: bool = False  # how to run, not what to make: tiled VAE decode, CPU offload, torch.compile
-    offload: bool = False
-    compile: bool = False
-    # Guidance beyond plain CFG (sdcli.guidance.cfg) and prompt encoding (sdcli.text.prompts).
-    extra_negative_prompts: tuple[str, ...] = ()  # negatives after the first; only with neg_mode "separate"
-    neg_mode: str = "replace"  # one of NEG_MODES
-    neg_scale: float | None = None  # w_neg of each separate negative; None: the guidance scale w
-    cfg_rescale: float = 0.0  # phi of CFG rescale (Lin et al. 2023), 0 to 1; 0: off
-    guidance_interval: str | None = None  # "LO,HI" (sigmas) or "LO%,HI%" (of the schedule) as typed; None: always
-    long_prompts: bool = True  # prompts over the encoder's length in 75-token chunks; False: truncated
-    classifier: str | None = None  # classifier guidance's targets as typed, "color=red,shape=circle"; None: off
-    classifier_scale: float | None = None  # s of classifier guidance (Dhariwal & Nichol 2021); None: the default
+    key: str
+    write: Callable[[Any], Any] | None = None  # the record -> the value written; None: the setting's value
+    read: Callable[[str], dict[str, Any]] | None = None  # the text -> settings; None: {name: parse_text(name, text)}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Everything but the name, type and default of one declared setting."""
+
+    help: str  # the command-line help, one sentence or two
+    check: Callable[[Any], bool] | None = None  # a valid value? (None is always valid for an optional setting)
+    expect: str = ""  # what a valid value is, as an error says it
+    example: str = ""  # an example value, for the error
+    flags: tuple[str, ...] | None = ()  # command-line flags; (): --<name>; None: no option of its own
+    metavar: str | None = None
+    show_default: str | None = None  # the default as --help shows it; None: the declared default
+    choices: tuple[str, ...] | None = None  # a fixed set of values, listed by --help
+    repeats: str | None = None  # the option may be repeated: the first value is this setting, the rest that one
+    path: bool = False  # a file or folder: given on the command line, it is recorded as an absolute path
+    infotext: Infotext | None = None
+    loads: bool = False  # changes how the model loads: one value per batch run, not per line
+    per_line: bool = True  # a batch line may set it (Run settings: no)
+
+    def problem(self, name: str, value: Any) -> str:
+        flag = self.flag(name)
+        example = f"; for example {flag} {self.example}" if self.example else ""
+        return f"{flag} must be {self.expect}, not {value!r}{example}"
+
+    def flag(self, name: str) -> str:
+        return self.flags[-1] if self.flags else f"--{name.replace('_', '-')}"
+
+
+def setting(default: Any, help: str, check: tuple[Callable[[Any], bool], str] | None = None, **more: Any) -> Any:
+    """A dataclass field declaring one setting (see `Setting`); `check` is (test, what a valid value is)."""
+    test, expect = check if check is not None else (None, "")
+    return field(default=default, metadata={"setting": Setting(help, test, expect, **more)})
+
+
+def declared(cls: type) -> Iterator[tuple[Field, Setting]]:
+    """The declared settings of a settings dataclass, in order."""
+    for f in fields(cls):
+        if "setting" in f.metadata:
+            yield f, f.metadata["setting"]
+
+
+def check_settings(instance: Any) -> None:
+    """Every declared setting of `instance` against its check (None passes for settings that default to None)."""
+    for f, spec in declared(type(instance)):
+        value = getattr(instance, f.name)
+        if spec.check is None or (value is None and f.default is None):
+            continue
+        if not spec.check(value):
+            raise UsageError(spec.problem(f.name, value))
+
+
+def _size(text: str) -> dict[str, int]:
+    width, height = (int(v) for v in text.split("x"))
+    return {"width": width, "height": height}
+
+
+def _check_sampler(name: Any) -> bool:
+    return isinstance(name, str) and get_sampler(name) is not None  # get_sampler's error lists the names
+
+
+def _check_interval(text: Any) -> bool:
+    return isinstance(text, str) and parse_interval(text) is not None  # parse_interval's error shows both forms
+
+
+def _check_classifier(text: Any) -> bool:
+    return isinstance(text, str) and all(item.count("=") == 1 for item in text.split(",") if item.strip())
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What makes one image: recorded in its PNG and replayed by `--from`."""
+
+    prompt: str = setting("", "The prompt; - reads it from stdin.", TEXT, flags=None)
+    negative_prompt: str = setting(
+        "", "Negative prompt. replace mode: the unconditional branch; separate mode: a term of its own, and --neg "
+        "may be given several times.", TEXT, flags=("--neg",), repeats="extra_negative_prompts", show_default="empty",
+    )  # fmt: skip
+    steps: int = setting(30, "Denoising steps.", _whole(1, MAX_STEPS), infotext=Infotext("Steps"))
+    sampler: str = setting(
+        "dpm++2m-karras", "Sampler (see `sdcli samplers`).", (_check_sampler, "a sampler's name"), metavar="NAME",
+        choices=SAMPLER_NAMES,
+        infotext=Infotext(
+            "Sampler",
+            lambda record: get_sampler(record.sampler).a1111_name,
+            lambda text: {"sampler": from_a1111_name(text).name},
+        ),
+    )  # fmt: skip
+    cfg: float = setting(
+        7.5, "Guidance scale w.", FINITE, example="7.5", infotext=Infotext("CFG scale", lambda r: float(r.cfg))
+    )
+    seed: int = setting(
+        0, "Seed of the first image; image i uses seed+i.", _whole(0, MAX_SEED), show_default="random",
+        infotext=Infotext("Seed"),
+    )  # fmt: skip
+    width: int | None = setting(
+        None, "Width in pixels.", _whole(1, MAX_SIDE), show_default="the model's",
+        infotext=Infotext("Size", lambda record: f"{record.width}x{record.height}", _size),
+    )  # fmt: skip
+    height: int | None = setting(None, "Height in pixels.", _whole(1, MAX_SIDE), show_default="the model's")
+    model: str = setting(
+        DEFAULT_MODEL, "Diffusers folder, single .safetensors file, Hugging Face repo id, or built-in model name.",
+        NAME, flags=("-m", "--model"), show_default=f"$SDCLI_MODEL, else {DEFAULT_MODEL}", loads=True,
+        infotext=Infotext("Model", lambda record: record.model_name, lambda text: {"model": text}),
+    )  # fmt: skip
+    vae: str | None = setting(
+        None, "Another VAE: an original-layout .safetensors file or a diffusers folder.", NAME, show_default="the "
+        "model's", loads=True, path=True,
+    )  # fmt: skip
+    prediction_type: str | None = setting(
+        None, "What the model predicts, for a single file whose weights do not say (a fine-tune, a merge); a "
+        '.yaml beside it with parameterization: "v" says v_prediction, as AUTOMATIC1111 reads it.',
+        _one_of(PREDICTION_TYPES), choices=PREDICTION_TYPES, show_default="as detected", loads=True,
+    )  # fmt: skip
+    # Guidance beyond plain CFG (sdcli.guidance) and prompt encoding (sdcli.text).
+    extra_negative_prompts: tuple[str, ...] = setting(
+        (), "Negative prompts after the first (separate mode).", flags=None
+    )
+    neg_mode: str = setting(
+        "replace", "replace: the negative prompt is the unconditional branch; separate: eps_empty + w (eps_pos - "
+        "eps_empty) - w_neg (eps_neg - eps_empty) for each --neg.", _one_of(NEG_MODES), choices=NEG_MODES,
+    )  # fmt: skip
+    neg_scale: float | None = setting(
+        None, "w_neg of each negative (separate mode).", FINITE, example="4", show_default="--cfg"
+    )
+    cfg_rescale: float = setting(
+        0.0, "CFG rescale phi, 0 to 1 (Lin et al. 2023); 0.7 is typical for v-prediction models.",
+        (lambda v: _is_number(v) and 0 <= v <= 1, "a number from 0 to 1"), example="0.7", metavar="PHI",
+        show_default="0: off",
+    )  # fmt: skip
+    guidance_interval: str | None = setting(
+        None, "Guide only while the noise level is in [LO, HI], else run the conditional pass alone (Kynkäänniemi "
+        "et al. 2024). Plain numbers are sigmas (SD runs from about 14.6 to 0.03), e.g. 0.28,5.42; percentages are "
+        "of the schedule, 0% the noisy start, e.g. 20%,80%.", (_check_interval, "LO,HI"), metavar="LO,HI",
+        show_default="every step",
+    )  # fmt: skip
+    long_prompts: bool = setting(
+        True, "Encode prompts over 75 tokens in 75-token chunks; --no-long-prompts truncates them (a warning).",
+        FLAG, flags=("--long-prompts/--no-long-prompts",), show_default="long",
+    )  # fmt: skip
+    classifier: str | None = setting(
+        None, "Classifier guidance (Dhariwal & Nichol 2021) towards these labels of the model's noise-aware "
+        "classifier, e.g. color=red,shape=circle (the built-in shapes model ships one). Works with any prompt, "
+        "the empty one included, and with --cfg.", (_check_classifier, "HEAD=LABEL pairs separated by commas"),
+        example="color=red,shape=circle", metavar="HEAD=LABEL,...", show_default="off",
+    )  # fmt: skip
+    classifier_scale: float | None = setting(
+        None, "Classifier guidance scale s: eps - s sqrt(1 - alphabar_t) grad log p(y | x_t).", FINITE,
+        example=f"{DEFAULT_CLASSIFIER_SCALE:g}", metavar="S", show_default=f"{DEFAULT_CLASSIFIER_SCALE:g} with "
+        "--classifier",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        _check_guidance(self)
-        _check(isinstance(self.prompt, str), "the prompt must be text")
-        _check(isinstance(self.negative_prompt, str), "--neg must be text")
-        _check(
-            isinstance(self.cfg, (int, float)) and not isinstance(self.cfg, bool) and math.isfinite(self.cfg),
-            f"--cfg must be a finite number, not {self.cfg!r}; for example --cfg 7.5",
-        )
-        _check(_is_int(self.steps) and self.steps >= 1, f"--steps must be a whole number >= 1, not {self.steps!r}")
-        _check(isinstance(self.sampler, str), "--sampler must be a name")
-        get_sampler(self.sampler)
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            _check(
-                value is None or (_is_int(value) and value >= 1),
-                f"--{name} must be a whole number of pixels >= 1, not {value!r}",
-            )
-        _check(
-            _is_int(self.num_images) and self.num_images >= 1,
-            f"-n/--num-images must be >= 1, not {self.num_images!r}",
-        )
-        _check(
-            _is_int(self.batch_size) and self.batch_size >= 1,
-            f"--batch-size must be >= 1, not {self.batch_size!r}",
-        )
-        _check(
-            _is_int(self.seed) and 0 <= self.seed and self.seed + self.num_images - 1 <= MAX_SEED,
-            f"--seed must be a whole number from 0 to {MAX_SEED - self.num_images + 1}, not {self.seed!r}",
-        )
-        _check(isinstance(self.model, str) and self.model != "", "--model must name a model")
-        _check(self.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
-        _check(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
-        _check(self.vae is None or isinstance(self.vae, str) and self.vae != "", "--vae must name a file or folder")
-
-    @property
-    def seeds(self) -> list[int]:
-        return [self.seed + i for i in range(self.num_images)]
+        if isinstance(self.extra_negative_prompts, list):  # JSON gives lists
+            object.__setattr__(self, "extra_negative_prompts", tuple(self.extra_negative_prompts))
+        negatives = self.extra_negative_prompts
+        if not (isinstance(negatives, tuple) and all(isinstance(n, str) for n in negatives)):
+            raise UsageError("--neg must be text")
+        check_settings(self)
+        if self.neg_mode == "replace":
+            if negatives:
+                raise UsageError(
+                    "several --neg need --neg-mode separate (in replace mode the one negative prompt is the "
+                    "unconditional branch); give one --neg, or add --neg-mode separate"
+                )
+            if self.neg_scale is not None:
+                raise UsageError("--neg-scale needs --neg-mode separate; add it, or leave out --neg-scale")
+        if self.classifier is None and self.classifier_scale is not None:
+            raise UsageError("--classifier-scale needs --classifier HEAD=LABEL (for example --classifier color=red)")
 
     @property
     def resolved_classifier_scale(self) -> float | None:
@@ -164,41 +291,27 @@ class Request:
         return DEFAULT_CLASSIFIER_SCALE if self.classifier_scale is None else float(self.classifier_scale)
 
     @property
+    def neg_weight(self) -> float:
+        """w_neg of each separate negative: --neg-scale, else the guidance scale w."""
+        return self.cfg if self.neg_scale is None else self.neg_scale
+
+    @property
     def separate_negatives(self) -> tuple[str, ...]:
-        """The negative prompts that are terms of their own (neg_mode "separate"; empty ones subtract nothing)."""
-        if self.neg_mode != "separate":
+        """The negative prompts that run as terms of their own: in separate mode, the non-empty ones, unless their
+        scale w_neg is 0 (then none runs)."""
+        if self.neg_mode != "separate" or self.neg_weight == 0:
             return ()
         return tuple(n for n in (self.negative_prompt, *self.extra_negative_prompts) if n)
 
+    @property
+    def prompts(self) -> tuple[str, str, tuple[str, ...]]:
+        """The texts of the recipe: prompt, negative prompt, further negatives."""
+        return self.prompt, self.negative_prompt, self.extra_negative_prompts
 
-@dataclass(frozen=True)
-class ImageRecord:
-    """Everything that made one image: written into its PNG, printed by --json, and read back by --from."""
-
-    prompt: str
-    negative_prompt: str
-    seed: int
-    cfg: float
-    steps: int
-    sampler: str
-    width: int
-    height: int
-    model: str  # the model reference that loads it again (built-in name, absolute folder path, or repo id)
-    device: str  # the device and dtype it ran on, as resolved ("cpu", "fp32")
-    dtype: str
-    vae: str | None = None  # the --vae in place of the model's own, if any
-    extra_negative_prompts: tuple[str, ...] = ()  # guidance and prompt settings, as in Request
-    neg_mode: str = "replace"
-    neg_scale: float | None = None
-    cfg_rescale: float = 0.0
-    guidance_interval: str | None = None
-    long_prompts: bool = True
-    classifier: str | None = None
-    classifier_scale: float | None = None  # the scale it ran at, when classifier guidance was on
-
-    def as_dict(self) -> dict[str, Any]:
-        """The record as JSON holds it (tuples as lists)."""
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+    @property
+    def shared(self) -> Recipe:
+        """The recipe with its prompts and seed blanked: what the images of one U-Net batch share."""
+        return replace(self, prompt="", negative_prompt="", extra_negative_prompts=(), seed=0)
 
     @property
     def model_name(self) -> str:
@@ -206,13 +319,110 @@ class ImageRecord:
         return Path(self.model).name if Path(self.model).is_absolute() else self.model
 
 
+@dataclass(frozen=True)
+class ImageRecord(Recipe):
+    """Everything that made one image: its recipe, resolved (size, model reference, classifier scale), and where
+    it ran. Written into its PNG, printed by --json, and read back by --from."""
+
+    device: str = field(default="cpu", kw_only=True)  # the device and dtype it ran on, as resolved ("cpu", "fp32")
+    dtype: str = field(default="fp32", kw_only=True)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as JSON holds it (tuples as lists)."""
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
+
+
 RECORD_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ImageRecord))
 
 
 @dataclass(frozen=True)
-class Output:
-    """Where the images go."""
+class Run:
+    """How a run goes: where and how fast. None of these changes what an image is, beyond the rounding of its
+    device and dtype (which the record keeps)."""
 
-    file: Path | None = None  # -o: the one image goes exactly here
-    out_dir: Path = Path("outputs")  # otherwise: named after seed and prompt in this folder
-    overwrite: bool = False  # replace existing files instead of refusing
+    device: str = setting(
+        "auto", "Device; auto: CUDA if present, else CPU.", _one_of(DEVICES), choices=DEVICES, per_line=False
+    )
+    dtype: str = setting(
+        "auto", "Weights' dtype; auto: fp16 on a GPU, bf16 on a CPU with bf16 matrix units (AMX), else fp32.",
+        _one_of(DTYPES), choices=DTYPES, per_line=False,
+    )  # fmt: skip
+    batch_size: int = setting(1, "Images per U-Net call.", _whole(1, MAX_BATCH), per_line=False)
+    allow_pickle: bool = setting(
+        False, "Load .ckpt/.pt/.bin files (torch.load, weights_only=True).", FLAG, per_line=False
+    )
+    vae_tiling: bool = setting(False, "Decode in tiles (large images, small GPUs).", FLAG, per_line=False)
+    offload: bool = setting(False, "Keep idle components in CPU memory (accelerate; small GPUs).", FLAG, per_line=False)
+    compile: bool = setting(False, "torch.compile the U-Net (slow first image, faster after).", FLAG, per_line=False)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+
+
+@dataclass(frozen=True)
+class Request:
+    """n images of one recipe, seeds seed .. seed + n - 1, and how to run them."""
+
+    recipe: Recipe
+    num_images: int = setting(1, "Number of images.", _whole(1, MAX_IMAGES), flags=("-n", "--num-images"))
+    run: Run = field(default_factory=Run)
+
+    def __post_init__(self) -> None:
+        check_settings(self)
+        if self.recipe.seed + self.num_images - 1 > MAX_SEED:
+            raise UsageError(f"--seed must be a whole number from 0 to {MAX_SEED - self.num_images + 1}, not "
+                             f"{self.recipe.seed!r}")  # fmt: skip
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.recipe.seed + i for i in range(self.num_images)]
+
+    @property
+    def images(self) -> list[Recipe]:
+        """One recipe per image, in seed order: each remakes its image alone."""
+        return [replace(self.recipe, seed=seed) for seed in self.seeds]
+
+    @staticmethod
+    def of(settings: Mapping[str, Any] | None = None, /, **more: Any) -> Request:
+        """A request from settings by name, of any of the three kinds (a command line's, a batch line's)."""
+        groups: dict[type, dict[str, Any]] = {Recipe: {}, Request: {}, Run: {}}
+        for name, value in {**(settings or {}), **more}.items():
+            owner = KIND_OF.get(name)
+            if owner is None:
+                raise UsageError(f"unknown setting {name!r}")
+            groups[owner][name] = value
+        return Request(Recipe(**groups[Recipe]), run=Run(**groups[Run]), **groups[Request])
+
+    def with_recipe(self, **changes: Any) -> Request:
+        return replace(self, recipe=replace(self.recipe, **changes))
+
+
+# Every declared setting: name -> the dataclass that holds it.
+KIND_OF: dict[str, type] = {f.name: cls for cls in (Recipe, Request, Run) for f, _ in declared(cls)}
+SETTINGS: dict[str, tuple[Field, Setting]] = {f.name: (f, spec) for cls in (Recipe, Request, Run) for f, spec in declared(cls)}
+
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def parse_text(name: str, text: str) -> Any:
+    """A setting's value from text (a CSV cell, an infotext value), by its declared type; ValueError if it is not
+    one. Text settings stay text; tuples of text are one item."""
+    kind = str(SETTINGS[name][0].type) if name in SETTINGS else "str"
+    if kind.startswith("float"):
+        return float(text)
+    if kind.startswith("int"):
+        return int(text)
+    if kind.startswith("bool"):
+        word = text.strip().lower()
+        if word not in _TRUE + _FALSE:
+            raise ValueError(f"{text!r} is not true or false")
+        return word in _TRUE
+    if kind.startswith("tuple"):
+        return (text,)
+    return text
+
+
+def as_settings(request: Request) -> dict[str, Any]:
+    """The request's settings by name (the inverse of `Request.of`)."""
+    return {**asdict(request.recipe), "num_images": request.num_images, **asdict(request.run)}

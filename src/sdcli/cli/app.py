@@ -7,11 +7,10 @@ added with `@app.command()` like those below.
 
 from __future__ import annotations
 
-import enum
 import json
 import os
+import signal
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,37 +18,26 @@ import typer
 from typer.core import TyperGroup
 
 from sdcli import __version__
-from sdcli.output.console import error_line, setup_logging, step_progress
+from sdcli.cli.options import settings_options
 from sdcli.errors import SdcliError, UsageError, reason
-from sdcli.loading.geometry import native_size
-from sdcli.output.metadata import INFOTEXT_KEY, read_chunks, settings_from_png
-from sdcli.loading.references import builtin_models
-from sdcli.sampling.samplers import NAMES, SAMPLERS
-from sdcli.recipe import (
-    DEFAULT_CLASSIFIER_SCALE,
-    DEFAULT_MODEL,
-    DEVICES,
-    DTYPES,
-    NEG_MODES,
-    Output,
-    Request,
-    random_seed,
-)
+from sdcli.output.console import error_line, setup_logging, step_progress
+from sdcli.output.files import Output, plan_paths
+from sdcli.recipe import DEFAULT_MODEL, Recipe, Request, Run, random_seed
+from sdcli.sampling.samplers import SAMPLERS
 
 MODEL_ENV = "SDCLI_MODEL"
 DEBUG_ENV = "SDCLI_DEBUG"
 
-# --sampler, --device and --dtype choices, from the same tables the code uses.
-SamplerName = enum.Enum("SamplerName", {name: name for name in NAMES}, type=str)
-DeviceName = enum.Enum("DeviceName", {name: name for name in DEVICES}, type=str)
-DtypeName = enum.Enum("DtypeName", {name: name for name in DTYPES}, type=str)
-NegMode = enum.Enum("NegMode", {name: name for name in NEG_MODES}, type=str)
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: the image being written is removed, finished work stays
 
 
 class OneLineErrors(TyperGroup):
     """Runs a command and turns every error into one line on stderr and an exit code."""
 
     def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             code = super().main(*args, standalone_mode=False, **kwargs)
         except typer.TyperException as error:  # the parser's: a missing argument, a bad value, an unknown command
@@ -70,6 +58,8 @@ class OneLineErrors(TyperGroup):
                 raise
             error_line(f"unexpected {type(error).__name__}: {reason(error)} (set {DEBUG_ENV}=1 to see where)")
             code = 1
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         code = code if isinstance(code, int) else 0
         if standalone_mode:
             sys.exit(code)
@@ -110,195 +100,73 @@ def _emit(result: str) -> None:
 
 
 def _read_prompt(prompt: str | None) -> str | None:
-    return sys.stdin.read().rstrip("\r\n") if prompt == "-" else prompt
+    """The prompt as given, or stdin's for `-`; a usage error for text that is not UTF-8, or nothing on stdin."""
+    if prompt == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        try:
+            prompt = data.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise UsageError("the prompt on stdin is not UTF-8 text; pipe UTF-8 text, or give the prompt as PROMPT") from None
+        if not data:
+            raise UsageError("PROMPT is - but stdin is empty; pipe a prompt in, or give it as PROMPT ('' for none)")
+    return prompt
 
 
-def build_request(given: dict[str, Any], from_image: Path | None) -> Request:
-    """Settings from the options given, over those of `--from IMAGE`, over $SDCLI_MODEL and the defaults."""
-    settings = settings_from_png(from_image) if from_image is not None else {}
-    settings.update({key: value for key, value in given.items() if value is not None})
-    if "prompt" not in settings:
+def build_request(given: dict[str, Any], from_image: Path | None = None) -> Request:
+    """Settings from the options given (None: not given), over those of `--from IMAGE`, over $SDCLI_MODEL and the
+    defaults."""
+    given = {name: value for name, value in given.items() if value is not None}
+    if from_image is not None:
+        from sdcli.output.metadata import settings_from_png
+
+        settings = settings_from_png(from_image) | given
+    else:
+        settings = dict(given)
+    if settings.get("prompt") is None:
         raise UsageError("no prompt; give a PROMPT (or - to read it from stdin), or --from IMAGE to replay one")
     settings.setdefault("model", os.environ.get(MODEL_ENV) or DEFAULT_MODEL)
     settings.setdefault("seed", random_seed())
-    return Request(**settings)
+    return Request.of(settings)
 
 
-DEFAULTS = {f.name: f.default for f in fields(Request)}  # --help shows the defaults the settings define
-ClassifierOption = Annotated[
-    str | None,
-    typer.Option(
-        metavar="HEAD=LABEL,...",
-        help="Classifier guidance (Dhariwal & Nichol 2021) towards these labels of the model's noise-aware "
-        "classifier, e.g. color=red,shape=circle (the built-in shapes model ships one). Works with any prompt, "
-        "the empty one included, and with --cfg.",
-        show_default="off",
-    ),
+def _interactive(quiet: bool) -> bool:
+    """Progress and messages for a person watching stderr, not for pipes; sets up logging to match."""
+    interactive = sys.stderr.isatty() and not quiet
+    setup_logging(verbose=interactive)
+    return interactive
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object per image instead of its path.")]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar or messages on a terminal; warnings still show.")
 ]
-ClassifierScaleOption = Annotated[
-    float | None,
-    typer.Option(
-        metavar="S",
-        help="Classifier guidance scale s: eps - s sqrt(1 - alphabar_t) grad log p(y | x_t).",
-        show_default=f"{DEFAULT_CLASSIFIER_SCALE:g} with --classifier",
-    ),
-]
+OverwriteOption = Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")]
 
 
 @app.command()
+@settings_options(Recipe, Request, Run)
 def generate(
     prompt: Annotated[str | None, typer.Argument(help="The prompt; - reads it from stdin.", show_default=False)] = None,
-    model: Annotated[
-        str | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="Diffusers folder, Hugging Face repo id, or built-in model name.",
-            show_default=f"${MODEL_ENV}, else {DEFAULT_MODEL}",
-        ),
-    ] = None,
-    neg: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--neg",
-            help="Negative prompt. replace mode: the unconditional branch; separate mode: a term of its own, "
-            "and --neg may be given several times.",
-        ),
-    ] = None,
-    neg_mode: Annotated[
-        NegMode | None,
-        typer.Option(
-            help="replace: the negative prompt is the unconditional branch; separate: eps_empty + w (eps_pos - "
-            "eps_empty) - w_neg (eps_neg - eps_empty) for each --neg.",
-            show_default=DEFAULTS["neg_mode"],
-        ),
-    ] = None,
-    neg_scale: Annotated[
-        float | None, typer.Option(help="w_neg of each negative (separate mode).", show_default="--cfg")
-    ] = None,
-    cfg_rescale: Annotated[
-        float | None,
-        typer.Option(
-            metavar="PHI",
-            help="CFG rescale phi, 0 to 1 (Lin et al. 2023); 0.7 is typical for v-prediction models.",
-            show_default="0: off",
-        ),
-    ] = None,
-    guidance_interval: Annotated[
-        str | None,
-        typer.Option(
-            metavar="LO,HI",
-            help="Guide only while the noise level is in [LO, HI], else run the conditional pass alone "
-            "(Kynkäänniemi et al. 2024). Plain numbers are sigmas (SD runs from about 14.6 to 0.03), e.g. "
-            "0.28,5.42; percentages are of the schedule, 0% the noisy start, e.g. 20%,80%.",
-            show_default="every step",
-        ),
-    ] = None,
-    long_prompts: Annotated[
-        bool | None,
-        typer.Option(
-            "--long-prompts/--no-long-prompts",
-            help="Encode prompts over 75 tokens in 75-token chunks; --no-long-prompts truncates them (a warning).",
-            show_default="long",
-        ),
-    ] = None,
-    classifier: ClassifierOption = None,
-    classifier_scale: ClassifierScaleOption = None,
-    cfg: Annotated[float | None, typer.Option(help="Guidance scale w.", show_default=str(DEFAULTS["cfg"]))] = None,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps.", show_default=str(DEFAULTS["steps"]))] = None,
-    sampler: Annotated[
-        SamplerName | None,
-        typer.Option(metavar="NAME", help="Sampler (see `sdcli samplers`).", show_default=DEFAULTS["sampler"]),
-    ] = None,
-    seed: Annotated[
-        int | None, typer.Option(help="Seed of the first image; image i uses seed+i.", show_default="random")
-    ] = None,
-    width: Annotated[int | None, typer.Option(help="Width in pixels.", show_default="the model's")] = None,
-    height: Annotated[int | None, typer.Option(help="Height in pixels.", show_default="the model's")] = None,
-    num_images: Annotated[
-        int | None, typer.Option("--num-images", "-n", help="Number of images.", show_default="1")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per U-Net call.", show_default="1")] = None,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="File for a single image (.png).")] = None,
     out_dir: Annotated[Path, typer.Option(help="Folder for the images, named <seed>-<prompt>.png.")] = Output.out_dir,
-    device: Annotated[
-        DeviceName | None, typer.Option(help="Device; auto: CUDA if present, else CPU.", show_default="auto")
-    ] = None,
-    dtype: Annotated[
-        DtypeName | None,
-        typer.Option(
-            help="Weights' dtype; auto: fp16 on a GPU, bf16 on a CPU with bf16 matrix units (AMX), else fp32.",
-            show_default="auto",
-        ),
-    ] = None,
-    vae: Annotated[
-        Path | None,
-        typer.Option(help="Another VAE: an original-layout .safetensors file or a diffusers folder.", show_default=False),
-    ] = None,
-    allow_pickle: Annotated[
-        bool, typer.Option("--allow-pickle", help="Load .ckpt/.pt/.bin files (torch.load, weights_only=True).")
-    ] = False,
-    vae_tiling: Annotated[bool, typer.Option("--vae-tiling", help="Decode in tiles (large images, small GPUs).")] = False,
-    offload: Annotated[
-        bool, typer.Option("--offload", help="Keep idle components in CPU memory (accelerate; small GPUs).")
-    ] = False,
-    compile_unet: Annotated[
-        bool, typer.Option("--compile", help="torch.compile the U-Net (slow first image, faster after).")
-    ] = False,
     from_image: Annotated[
         Path | None, typer.Option("--from", help="Replay the settings stored in this PNG; other options override.")
     ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print one JSON object per image instead of its path.")
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bar or messages on a terminal; warnings still show.")
-    ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
+    as_json: JsonOption = False,
+    quiet: QuietOption = False,
+    overwrite: OverwriteOption = False,
+    given: dict[str, Any] | None = None,
 ) -> None:
     """Generate images from a prompt; print each written path (or JSON object) on stdout."""
-    interactive = sys.stderr.isatty() and not quiet  # progress and messages for a person watching, not for pipes
-    setup_logging(verbose=interactive)
-    given = {
-        "prompt": _read_prompt(prompt),
-        "model": model,
-        "negative_prompt": neg[0] if neg else None,
-        "extra_negative_prompts": tuple(neg[1:]) if neg else None,
-        "neg_mode": neg_mode.value if neg_mode else None,
-        "neg_scale": neg_scale,
-        "cfg_rescale": cfg_rescale,
-        "guidance_interval": guidance_interval,
-        "long_prompts": long_prompts,
-        "classifier": classifier,
-        "classifier_scale": classifier_scale,
-        "cfg": cfg,
-        "steps": steps,
-        "sampler": sampler.value if sampler else None,
-        "seed": seed,
-        "width": width,
-        "height": height,
-        "num_images": num_images,
-        "batch_size": batch_size,
-        "device": device.value if device else None,
-        "dtype": dtype.value if dtype else None,
-        "vae": str(vae.expanduser().resolve()) if vae else None,
-        "allow_pickle": allow_pickle or None,
-        "vae_tiling": vae_tiling or None,
-        "offload": offload or None,
-        "compile": compile_unet or None,
-    }
-    request = build_request(given, from_image)
-    destination = Output(file=output, out_dir=out_dir, overwrite=overwrite)
-    # torch and diffusers take seconds to import: only this command needs them.
-    from sdcli.engine import generate as run
+    interactive = _interactive(quiet)
+    # Everything that needs no model is checked before torch and diffusers load (seconds of imports).
+    request = build_request({"prompt": _read_prompt(prompt), **(given or {})}, from_image)
+    paths = plan_paths(request, Output(file=output, out_dir=out_dir, overwrite=overwrite))
+    from sdcli.workflows.generate import generate as run
 
     with step_progress(interactive) as on_step:
-        for path, made in run(request, destination, on_step):
-            if as_json:
-                line = json.dumps(made.result(path))
-            else:
-                line = str(path)
-            _emit(line)
+        for path, made in run(request, paths, overwrite, on_step):
+            _emit(json.dumps(made.result(path)) if as_json else str(path))
 
 
 @app.command()
@@ -319,6 +187,8 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print the settings as one JSON object.")] = False,
 ) -> None:
     """Print the settings stored in a PNG: AUTOMATIC1111's infotext, or with --json the complete settings."""
+    from sdcli.output.metadata import INFOTEXT_KEY, read_chunks, settings_from_png
+
     if as_json:
         print(json.dumps(settings_from_png(image), ensure_ascii=False))
         return
@@ -331,6 +201,8 @@ def inspect(
 
 
 def _model_summary(folder: Path) -> dict[str, Any]:
+    from sdcli.loading.geometry import native_size
+
     unet_config = json.loads((folder / "unet" / "config.json").read_text())
     vae_config = json.loads((folder / "vae" / "config.json").read_text())
     width, height = native_size(unet_config, vae_config)
@@ -340,6 +212,8 @@ def _model_summary(folder: Path) -> dict[str, Any]:
 @app.command()
 def models(as_json: Annotated[bool, typer.Option("--json", help="One JSON object per model.")] = False) -> None:
     """List the built-in models (usable by name with --model)."""
+    from sdcli.loading.references import builtin_models
+
     found = builtin_models()
     if not found:
         sys.stderr.write("no built-in models in this copy of sdcli (build one with `make shapes-model`)\n")
@@ -389,28 +263,8 @@ def train_shapes(
     print(target)
 
 
-# Options the workflow commands share with `generate` (same names, same meaning).
-ModelOption = Annotated[
-    str | None,
-    typer.Option("--model", "-m", help="Diffusers folder, Hugging Face repo id, or built-in model name.",
-                 show_default=f"${MODEL_ENV}, else {DEFAULT_MODEL}"),
-]  # fmt: skip
-NegOption = Annotated[str | None, typer.Option("--neg", help="Negative prompt (the unconditional branch).")]
-StepsOption = Annotated[int | None, typer.Option(help="Denoising steps.", show_default=str(DEFAULTS["steps"]))]
-WidthOption = Annotated[int | None, typer.Option(help="Width in pixels.", show_default="the model's")]
-HeightOption = Annotated[int | None, typer.Option(help="Height in pixels.", show_default="the model's")]
-BatchOption = Annotated[int | None, typer.Option(help="Images per U-Net call.", show_default="1")]
-DeviceOption = Annotated[
-    DeviceName | None, typer.Option(help="Device; auto: CUDA if present, else CPU.", show_default="auto")
-]
-DtypeOption = Annotated[
-    DtypeName | None, typer.Option(help="Weights' dtype; auto: fp16 on a GPU, fp32 on the CPU.", show_default="auto")
-]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object per image instead of its path.")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or messages on stderr.")]
-
-
 @app.command("sweep-guidance")
+@settings_options(Recipe, Run, exclude=("cfg", "seed", "sampler", "neg_scale", "classifier_scale"))
 def sweep_guidance(
     prompt: Annotated[str, typer.Argument(help="The prompt; - reads it from stdin.", show_default=False)],
     cfg: Annotated[
@@ -425,26 +279,17 @@ def sweep_guidance(
     sampler: Annotated[
         str | None,
         typer.Option(metavar="NAME[,NAME...]", help="Sampler; several names: a second axis, as rows.",
-                     show_default=DEFAULTS["sampler"]),
-    ] = None,  # fmt: skip
+                     show_default=Recipe.sampler),
+    ] = None,
     neg_scale: Annotated[
         str | None,
         typer.Option(help="Scales of the negative prompt's own term (--neg-mode separate) as rows: list or range."),
     ] = None,
-    classifier: ClassifierOption = None,
     classifier_scale: Annotated[
         str | None,
         typer.Option(metavar="S,S,...", help="Classifier guidance scales (with --classifier) as the columns, in "
                      "place of --cfg's: a list or a range.", show_default=False),
     ] = None,
-    model: ModelOption = None,
-    neg: NegOption = None,
-    steps: StepsOption = None,
-    width: WidthOption = None,
-    height: HeightOption = None,
-    batch_size: BatchOption = None,
-    device: DeviceOption = None,
-    dtype: DtypeOption = None,
     clip_model: Annotated[
         Path | None, typer.Option(help="A local CLIP model folder (transformers CLIPModel) for CLIP scores.")
     ] = None,
@@ -453,56 +298,58 @@ def sweep_guidance(
     ] = None,
     as_json: JsonOption = False,
     quiet: QuietOption = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
+    overwrite: OverwriteOption = False,
+    given: dict[str, Any] | None = None,
 ) -> None:
     """Sweep the guidance scale: a labelled contact sheet, per-image and per-scale metrics, and their plot."""
     from sdcli.output.files import image_name
     from sdcli.workflows.sweep import Sweep, parse_numbers, parse_seeds, parse_words, run
 
-    interactive = sys.stderr.isatty() and not quiet
-    setup_logging(verbose=interactive)
+    interactive = _interactive(quiet)
+    settings = {"prompt": _read_prompt(prompt), **(given or {})}
     samplers = parse_words(sampler) if sampler else ()
     scales = parse_numbers(cfg or "1,3,5,7.5,10", "--cfg")
-    column, cfg_scale = "cfg", None  # the columns, and w when the columns are not w
+    column = "cfg"  # the columns: the guidance scale w, or classifier guidance's s
     if classifier_scale is not None:
-        if classifier is None:
+        if "classifier" not in settings:
             raise UsageError("--classifier-scale needs --classifier HEAD=LABEL (for example --classifier color=red)")
         if len(scales) > 1 and cfg is not None:
             raise UsageError("the columns are --classifier-scale or --cfg, not both; give --cfg one scale")
-        column, cfg_scale = "classifier_scale", scales[0] if cfg is not None else None
+        column = "classifier_scale"
+        if cfg is not None:
+            settings["cfg"] = scales[0]
         scales = parse_numbers(classifier_scale, "--classifier-scale")
-    given = {
-        "prompt": _read_prompt(prompt),
-        "model": model,
-        "classifier": classifier,
-        "cfg": cfg_scale,
-        "negative_prompt": neg,
-        "steps": steps,
-        "sampler": samplers[0] if samplers else None,
-        "seed": seed,
-        "width": width,
-        "height": height,
-        "batch_size": batch_size,
-        "device": device.value if device else None,
-        "dtype": dtype.value if dtype else None,
-    }
-    if neg_scale is not None and "neg_mode" in DEFAULTS:
-        given["neg_mode"] = "separate"  # the scale of the negative's own term: only separate negatives have one
-    base = build_request(given, None)
+    if samplers:
+        settings["sampler"] = samplers[0]
+    if seed is not None:
+        settings["seed"] = seed
+    if neg_scale is not None:
+        settings.setdefault("neg_mode", "separate")  # the negative's own term: only separate negatives have one
+    base = build_request(settings)
     axis, values = None, ()
     if len(samplers) > 1:
         axis, values = "sampler", samplers
     if neg_scale is not None:
         if axis is not None:
             raise UsageError("--sampler with several names and --neg-scale are both a second axis; give one")
-        if "neg_scale" not in DEFAULTS:
-            raise UsageError("--neg-scale needs a sdcli with separate negative guidance (`generate --neg-scale`)")
         axis, values = "neg_scale", parse_numbers(neg_scale, "--neg-scale")
-    plan = Sweep(base, scales, parse_seeds(seeds, base.seed), axis, values, column)
-    folder = out_dir or Path("outputs") / f"sweep-{image_name(base.prompt, base.seed).removesuffix('.png')}"
+    plan = Sweep(base, scales, parse_seeds(seeds, base.recipe.seed), axis, values, column)
+    name = image_name(base.recipe.prompt, base.recipe.seed).removesuffix(".png")
+    folder = out_dir or Path("outputs") / f"sweep-{name}"
+    judge = _judge_for(base.recipe.model)
     with step_progress(interactive) as on_step:
-        for path, row in run(plan, folder, overwrite, clip_model, on_step, None if quiet else _stderr_block):
+        for path, row in run(plan, folder, overwrite, clip_model, judge, on_step, None if quiet else _stderr_block):
             _emit(json.dumps(row or {"path": str(path)}) if as_json else str(path))
+
+
+def _judge_for(model: str) -> Any:
+    """The built-in shapes model's judge for a sweep of it (by name, or a folder called `shapes`, a copy of it):
+    the adherence it measures from pixels. Other models have none."""
+    if Path(model).name != "shapes":
+        return None
+    from sdcli.shapes import judge
+
+    return judge
 
 
 def _stderr_block(text: str) -> None:
@@ -510,29 +357,14 @@ def _stderr_block(text: str) -> None:
 
 
 @app.command()
+@settings_options(Recipe, Request, Run, exclude=("seed",))
 def batch(
     file: Annotated[str, typer.Argument(help="Prompt file: .txt, .jsonl or .csv; - reads stdin.", show_default=False)],
     file_format: Annotated[
         str | None,
         typer.Option("--format", help="txt, jsonl or csv.", show_default="from the file's name; txt for stdin"),
     ] = None,
-    model: ModelOption = None,
-    neg: NegOption = None,
-    cfg: Annotated[float | None, typer.Option(help="Guidance scale w.", show_default=str(DEFAULTS["cfg"]))] = None,
-    steps: StepsOption = None,
-    sampler: Annotated[
-        SamplerName | None,
-        typer.Option(metavar="NAME", help="Sampler (see `sdcli samplers`).", show_default=DEFAULTS["sampler"]),
-    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of each line's first image, unless the line gives one.")] = 0,
-    width: WidthOption = None,
-    height: HeightOption = None,
-    num_images: Annotated[
-        int | None, typer.Option("--num-images", "-n", help="Images per line.", show_default="1")
-    ] = None,
-    batch_size: BatchOption = None,
-    device: DeviceOption = None,
-    dtype: DtypeOption = None,
     out_dir: Annotated[Path, typer.Option(help="Folder for the images and manifest.jsonl.")] = Path("outputs/batch"),
     skip_invalid: Annotated[
         bool, typer.Option("--skip-invalid", help="Skip invalid lines (with a warning) instead of stopping.")
@@ -540,15 +372,13 @@ def batch(
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Remake images already in the folder.")] = False,
+    given: dict[str, Any] | None = None,
 ) -> None:
     """Make the images of a prompt file; a rerun resumes. Print each written path (or JSON object) on stdout."""
-    import signal
-
     from sdcli.workflows.batch import FORMATS, run
     from sdcli.workflows.batch import file_format as guess_format
 
-    interactive = sys.stderr.isatty() and not quiet
-    setup_logging(verbose=interactive)
+    interactive = _interactive(quiet)
     if file_format is not None and file_format not in FORMATS:
         raise UsageError(f"--format {file_format}: use one of {', '.join(FORMATS)}")
     fmt = guess_format(file, file_format)
@@ -561,34 +391,13 @@ def batch(
             raise UsageError(f"{file} does not exist; give a prompt file (.txt, .jsonl, .csv) or - for stdin") from None
         except (OSError, UnicodeDecodeError) as error:
             raise UsageError(f"cannot read {file} ({reason(error)}); give a UTF-8 text file") from None
-    given = {
-        "model": model or os.environ.get(MODEL_ENV) or DEFAULT_MODEL,
-        "negative_prompt": neg,
-        "cfg": cfg,
-        "steps": steps,
-        "sampler": sampler.value if sampler else None,
-        "seed": seed,
-        "width": width,
-        "height": height,
-        "num_images": num_images,
-        "batch_size": batch_size,
-        "device": device.value if device else None,
-        "dtype": dtype.value if dtype else None,
-    }
-    defaults = {key: value for key, value in given.items() if value is not None}
+    defaults = {"model": os.environ.get(MODEL_ENV) or DEFAULT_MODEL, "seed": seed, **(given or {})}
 
     def on_image(path: Path, row: dict[str, Any]) -> None:
         _emit(json.dumps(row) if as_json else str(path))
 
-    def on_sigterm(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt  # unwinds like Ctrl-C: the image being written is removed, the manifest stays whole
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        run(text, "stdin" if file == "-" else file, fmt, defaults, out_dir, skip_invalid, overwrite, on_image,
-            None if quiet else _stderr_block, interactive)  # fmt: skip
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    run(text, "stdin" if file == "-" else file, fmt, defaults, out_dir, skip_invalid, overwrite, on_image,
+        None if quiet else _stderr_block, interactive)  # fmt: skip
 
 
 @app.command()

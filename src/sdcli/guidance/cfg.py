@@ -1,6 +1,5 @@
-"""Guidance as small pure functions: classifier-free guidance, separate negative prompts, CFG rescale, and the
-guidance interval. All of them act on the model's own prediction (eps or v, whichever it was trained for), before
-the sampler's step.
+"""Classifier-free guidance with separate negative prompts and CFG rescale, as small pure functions and the
+predictor wrapper that runs every branch in one batched U-Net call.
 
 - Classifier-free guidance (Ho & Salimans 2022, "Classifier-Free Diffusion Guidance"): the prediction is
   extrapolated away from the unconditional prediction towards the conditional one, pred = pred_u + w (pred_c -
@@ -11,29 +10,19 @@ the sampler's step.
   (empty prompt) branch: pred = pred_u + w (pred_c - pred_u) - w_neg sum_k (pred_neg_k - pred_u).
 - CFG rescale (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", eq. 15-16): the
   guided prediction is rescaled to the standard deviation of the conditional one, blended by phi.
-- Guidance interval (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval Improves Sample and
-  Distribution Quality in Diffusion Models"): guidance only where the noise level sigma lies in [lo, hi]; elsewhere
-  the conditional pass runs alone.
-- Classifier guidance (Dhariwal & Nichol 2021, eq. 14): a noise-aware classifier's gradient shifts epsilon,
-  eps - s sqrt(1 - alphabar_t) grad log p(y | x_t); the classifier itself lives in `sdcli.guidance.classifier`.
 
-Every branch of a step goes through the model in one batched call.
+All act on the model's own prediction (eps or v, whichever it was trained for), before the sampler's step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import torch
 
-from sdcli.text.conditioning import Conditioning
-from sdcli.guidance.interval import GuidanceInterval
-
-# A conditional denoiser: (x (B, C, h, w), t (scalar), conditioning of B images) -> prediction (B, C, h, w).
-Denoiser = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
-# Whether to guide at timestep t (outside the guidance interval: the conditional pass alone).
-GuideAt = Callable[[torch.Tensor], bool]
+from sdcli.guidance.context import GuidanceContext
+from sdcli.sampling.loop import Denoiser, Predictor
+from sdcli.text.conditioning import Branches, Conditioning
 
 
 def cfg(pred_uncond: torch.Tensor, pred_cond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -61,69 +50,37 @@ def rescale_cfg(pred_guided: torch.Tensor, pred_cond: torch.Tensor, phi: float) 
     return phi * pred_rescaled + (1 - phi) * pred_guided
 
 
-def classifier_shift(grad_log_p: torch.Tensor, alphabar: float, scale: float) -> torch.Tensor:
-    """What classifier guidance subtracts from epsilon: s * sqrt(1 - alphabar_t) * grad_{x_t} log p(y | x_t, t)."""
-    return scale * (1 - alphabar) ** 0.5 * grad_log_p
-
-
 def needs_unconditional(scale: float, neg_scale: float = 0.0, separate_negatives: int = 0) -> bool:
     """Whether a step needs the unconditional prediction at all: not at w = 1, unless separate negatives (with a
     scale other than 0) are subtracted from it."""
     return scale != 1 or (separate_negatives > 0 and neg_scale != 0)
 
 
-def sigma_of_timestep(t: torch.Tensor | float, alphas_cumprod: torch.Tensor) -> float:
-    """The noise level sigma = sqrt((1 - alphabar_t) / alphabar_t) of timestep t, interpolated in log sigma for a
-    fractional t (as diffusers' sigma-based schedulers map sigmas to timesteps)."""
-    alphas = alphas_cumprod.double().cpu().numpy()  # (T_train,)
-    log_sigmas = 0.5 * np.log((1 - alphas) / alphas)
-    return float(np.exp(np.interp(float(t), np.arange(len(alphas)), log_sigmas)))
+def batched_cfg(
+    model: Denoiser, branches: Branches, scale: float, neg_scale: float = 0.0, rescale: float = 0.0
+) -> Predictor:
+    """The guided predictor for x (B, C, h, w): all branches in one batched model call (unconditional,
+    conditional, then each separate negative, each a conditioning of B images), combined by CFG, the separate
+    negatives and CFG rescale. Needs the unconditional branch (`branches.uncond`)."""
+    order = [branches.uncond, branches.cond, *branches.negatives]
+    context = Conditioning.cat(order)  # (len(order) * B, ...)
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        pred = model(torch.cat([x] * len(order)), t, context)  # (len(order) * B, C, h, w)
+        pred_uncond, pred_cond, *preds_neg = pred.chunk(len(order))  # (B, C, h, w) each
+        pred_guided = subtract_negatives(cfg(pred_uncond, pred_cond, scale), pred_uncond, preds_neg, neg_scale)
+        return rescale_cfg(pred_guided, pred_cond, rescale) if rescale > 0 else pred_guided
+
+    return predict
 
 
-def interval_sigmas(interval: GuidanceInterval, alphas_cumprod: torch.Tensor) -> tuple[float, float]:
-    """The interval as (sigma_lo, sigma_hi). A percentage p of the schedule is the timestep (1 - p) (T_train - 1)."""
-    if not interval.percent:
-        return interval.lo, interval.hi
-    last = len(alphas_cumprod) - 1
-    return (
-        sigma_of_timestep((1 - interval.hi) * last, alphas_cumprod),
-        sigma_of_timestep((1 - interval.lo) * last, alphas_cumprod),
-    )
-
-
-def guide_within(interval: GuidanceInterval, alphas_cumprod: torch.Tensor) -> GuideAt:
-    """Whether to guide at t: sigma(t) in [sigma_lo, sigma_hi] (a little slack for float round-off at the ends)."""
-    sigma_lo, sigma_hi = interval_sigmas(interval, alphas_cumprod)
-    lo, hi = sigma_lo * (1 - 1e-6), sigma_hi * (1 + 1e-6)
-
-    def guide_at(t: torch.Tensor) -> bool:
-        return lo <= sigma_of_timestep(t, alphas_cumprod) <= hi
-
-    return guide_at
-
-
-def guided(
-    model: Denoiser,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    cond: Conditioning,
-    uncond: Conditioning | None,
-    scale: float,
-    negatives: Sequence[Conditioning] = (),
-    neg_scale: float = 0.0,
-    rescale: float = 0.0,
-    guide_at: GuideAt | None = None,
-) -> torch.Tensor:
-    """The guided prediction for x (B, C, h, w), all branches in one batched model call: unconditional,
-    conditional, then each separate negative, each a conditioning of B images. The conditional branch runs alone
-    when `uncond` is None (w = 1 without separate negatives) or `guide_at(t)` is false."""
-    if uncond is None or (guide_at is not None and not guide_at(t)):
-        return model(x, t, cond)
-    branches = [uncond, cond, *negatives]
-    pred = model(torch.cat([x] * len(branches)), t, Conditioning.cat(branches))  # (len(branches) * B, C, h, w)
-    pred_uncond, pred_cond, *preds_neg = pred.chunk(len(branches))  # (B, C, h, w) each
-    pred_guided = subtract_negatives(cfg(pred_uncond, pred_cond, scale), pred_uncond, preds_neg, neg_scale)
-    return rescale_cfg(pred_guided, pred_cond, rescale) if rescale > 0 else pred_guided
+def cfg_guided(predict: Predictor, context: GuidanceContext) -> Predictor:
+    """The registry's CFG entry: the conditional pass replaced by the batched guided call, unless no unconditional
+    branch runs (w = 1 without separate negatives), where `predict` stays as it is."""
+    if context.branches.uncond is None:
+        return predict
+    recipe = context.recipe
+    return batched_cfg(context.denoiser, context.branches, recipe.cfg, recipe.neg_weight, recipe.cfg_rescale)
 
 
 class CountedDenoiser:

@@ -26,9 +26,11 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import Downsample2D, ResnetBlock2D
 from torch import nn
 
-from sdcli.sampling.loop import Predictor
 from sdcli.errors import Failure, UsageError, reason
-from sdcli.guidance.cfg import classifier_shift, sigma_of_timestep
+from sdcli.guidance.context import GuidanceContext
+from sdcli.loading.components import Model
+from sdcli.loading.references import ModelFolder, resolve_model
+from sdcli.sampling.loop import Predictor, sigma_of_timestep
 
 SUBFOLDER = "classifier"  # where a model folder keeps its classifier
 
@@ -112,7 +114,12 @@ def log_prob_gradient(
     return grad.to(x_t.dtype)
 
 
-def classifier_guided(
+def classifier_shift(grad_log_p: torch.Tensor, alphabar: float, scale: float) -> torch.Tensor:
+    """What classifier guidance subtracts from epsilon: s * sqrt(1 - alphabar_t) * grad_{x_t} log p(y | x_t, t)."""
+    return scale * (1 - alphabar) ** 0.5 * grad_log_p
+
+
+def classifier_guidance(
     predict: Predictor,
     classifier: NoisyClassifier,
     targets: Mapping[str, int],
@@ -127,3 +134,23 @@ def classifier_guided(
         return eps - classifier_shift(log_prob_gradient(classifier, targets, x, t), alphabar, scale)
 
     return guided_predict
+
+
+def classifier_for(model: Model, targets: str) -> tuple[NoisyClassifier, dict[str, int]]:
+    """The model's noise-aware classifier (loaded on first use) and the targets as {head: class index}."""
+    prediction_type = model.scheduler_config.get("prediction_type", "epsilon")
+    if prediction_type != "epsilon":
+        raise UsageError(f"--classifier needs an epsilon-prediction model; {model.reference} predicts {prediction_type}")
+    if model.classifier is None:
+        found = resolve_model(model.reference)
+        if not isinstance(found, ModelFolder):
+            raise UsageError(f"--classifier needs a model folder with a classifier/ in it; {model.reference} is a file")
+        model.classifier = load_classifier(found.folder, model.reference, model.device)
+    return model.classifier, parse_targets(targets, model.classifier.config.heads)
+
+
+def classifier_guided(predict: Predictor, context: GuidanceContext) -> Predictor:
+    """The registry's classifier entry: the recipe's targets at its classifier scale, after every other method."""
+    classifier, targets = classifier_for(context.model, context.recipe.classifier)
+    scale = context.recipe.resolved_classifier_scale
+    return classifier_guidance(predict, classifier, targets, scale, context.alphas_cumprod)

@@ -1,50 +1,50 @@
-"""`--guidance-interval LO,HI` as typed, parsed and checked. Pure Python, no torch (settings validate with it).
-
-Two spellings (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval Improves Sample and Distribution
-Quality in Diffusion Models", define the interval in noise levels sigma):
-
-- `0.28,5.42`: sigma values. A step is guided when the sigma of the timestep its U-Net call is given lies in
-  [LO, HI]; sigma = sqrt((1 - alphabar_t) / alphabar_t), about 14.6 at the start of an SD run and 0.03 at its end.
-- `20%,80%`: percentages of the schedule, as ComfyUI's start/end percent: p% is the timestep
-  t = (1 - p/100) * (training timesteps - 1), so 0% is the noisiest end, 100% the clean end, and `20%,80%` guides
-  the steps whose timestep lies between those two.
+"""The guidance interval (Kynkäänniemi et al. 2024, "Applying Guidance in a Limited Interval Improves Sample and
+Distribution Quality in Diffusion Models"): guidance only where the noise level sigma lies in [lo, hi]; elsewhere
+the conditional pass runs alone. `--guidance-interval` as typed is parsed by `sdcli.recipe.parse_interval`.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from sdcli.errors import UsageError
+import torch
 
-_EXAMPLES = "for example --guidance-interval 0.28,5.42 (sigmas) or --guidance-interval 20%,80% (of the schedule)"
+from sdcli.guidance.context import GuidanceContext
+from sdcli.recipe import GuidanceInterval, parse_interval
+from sdcli.sampling.loop import Predictor, sigma_of_timestep
 
-
-@dataclass(frozen=True)
-class GuidanceInterval:
-    """Guidance runs where the noise level lies within [lo, hi]."""
-
-    lo: float
-    hi: float
-    percent: bool  # True: lo and hi are fractions (0..1) of the schedule, typed as percentages; False: sigmas
+# Whether to guide at timestep t (outside the guidance interval: the conditional pass alone).
+GuideAt = Callable[[torch.Tensor], bool]
 
 
-def parse_interval(text: str) -> GuidanceInterval:
-    """`LO,HI` (sigmas) or `LO%,HI%` (percentages of the schedule); a UsageError that shows both forms otherwise."""
-    parts = [part.strip() for part in text.split(",")] if isinstance(text, str) else []
-    if len(parts) != 2:
-        raise UsageError(f"--guidance-interval takes two values LO,HI, not {text!r}; {_EXAMPLES}")
-    percent = [part.endswith("%") for part in parts]
-    if percent[0] != percent[1]:
-        raise UsageError(f"--guidance-interval {text}: give both values as sigmas or both as percentages; {_EXAMPLES}")
-    try:
-        lo, hi = (float(part.rstrip("%")) for part in parts)
-    except ValueError:
-        raise UsageError(f"--guidance-interval {text}: LO and HI must be numbers; {_EXAMPLES}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo <= hi):
-        raise UsageError(f"--guidance-interval {text}: need 0 <= LO <= HI; {_EXAMPLES}")
-    if percent[0]:
-        if hi > 100:
-            raise UsageError(f"--guidance-interval {text}: percentages run from 0% to 100%; {_EXAMPLES}")
-        return GuidanceInterval(lo / 100, hi / 100, percent=True)
-    return GuidanceInterval(lo, hi, percent=False)
+def interval_sigmas(interval: GuidanceInterval, alphas_cumprod: torch.Tensor) -> tuple[float, float]:
+    """The interval as (sigma_lo, sigma_hi). A percentage p of the schedule is the timestep (1 - p) (T_train - 1)."""
+    if not interval.percent:
+        return interval.lo, interval.hi
+    last = len(alphas_cumprod) - 1
+    return (
+        sigma_of_timestep((1 - interval.hi) * last, alphas_cumprod),
+        sigma_of_timestep((1 - interval.lo) * last, alphas_cumprod),
+    )
+
+
+def guide_within(interval: GuidanceInterval, alphas_cumprod: torch.Tensor) -> GuideAt:
+    """Whether to guide at t: sigma(t) in [sigma_lo, sigma_hi] (a little slack for float round-off at the ends)."""
+    sigma_lo, sigma_hi = interval_sigmas(interval, alphas_cumprod)
+    lo, hi = sigma_lo * (1 - 1e-6), sigma_hi * (1 + 1e-6)
+
+    def guide_at(t: torch.Tensor) -> bool:
+        return lo <= sigma_of_timestep(t, alphas_cumprod) <= hi
+
+    return guide_at
+
+
+def within(guided: Predictor, unguided: Predictor, guide_at: GuideAt) -> Predictor:
+    """`guided` where `guide_at(t)`, `unguided` elsewhere."""
+    return lambda x, t: guided(x, t) if guide_at(t) else unguided(x, t)
+
+
+def interval_guided(predict: Predictor, context: GuidanceContext) -> Predictor:
+    """The registry's interval entry: `predict` inside the recipe's interval, the conditional pass outside it."""
+    interval = parse_interval(context.recipe.guidance_interval)
+    return within(predict, context.conditional, guide_within(interval, context.alphas_cumprod))

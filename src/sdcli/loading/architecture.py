@@ -11,8 +11,10 @@ do not show is fixed by the family, as Stability's configs fix it (`v1-inference
 
 SD 2.x 768-v and 512-base checkpoints share every shape. Like ComfyUI, a `v_pred` tensor or the spread of one
 late LayerNorm bias (wide in the v-prediction weights) tells them apart; an SDXL checkpoint is v-prediction only
-with a `v_pred` tensor. SDXL's U-Net also takes the pooled text embedding and six size numbers (`label_emb.*`,
-diffusers' `addition_embed_type="text_time"`), and its VAE scales latents by 0.13025. No torch model is built here.
+with a `v_pred` tensor; a prediction type given to `detect` (the user's, see `sdcli.loading.prediction`) replaces that
+guess. SDXL's U-Net also takes the pooled text embedding and six size numbers (`label_emb.*`, diffusers'
+`addition_embed_type="text_time"`), and its VAE scales latents by 0.13025. No torch here: the tensors may be a
+safetensors header's (`sdcli.loading.headers`), so that `sdcli info` stays fast.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 from sdcli.errors import UsageError
 
@@ -69,7 +71,9 @@ class Architecture:
     text_encoder_2: Mapping[str, Any] | None = None  # SDXL: its second encoder's CLIPTextConfig arguments
 
 
-Shapes = Mapping[str, torch.Tensor]  # tensors by name; only shapes are read, and one small tensor's values
+# Tensors by name: torch's, or a header's `StoredTensor`s. Their shapes are read, and one small tensor's values
+# (`.float()`, as an array).
+Shapes = Mapping[str, Any]
 
 
 def _indices(tensors: Shapes, pattern: str) -> list[int]:
@@ -198,16 +202,17 @@ def _is_v_prediction(tensors: Shapes, family: Family) -> bool:
     if not probes:
         return False
     last = max(probes, key=lambda k: int(k.split(".")[3]))  # output_blocks.11.1... in SD 2.x
-    return torch.std(tensors[last].float(), unbiased=False).item() > V_PRED_BIAS_SPREAD
+    return float(np.std(np.asarray(tensors[last].float()))) > V_PRED_BIAS_SPREAD  # (width,)
 
 
 def _refuse(source: str, tensors: Shapes, what: str) -> None:
     raise UsageError(f"{source} {what} ({describe(tensors)}); pass a Stable Diffusion 1.x, 2.x or XL checkpoint")
 
 
-def detect(tensors: Shapes, source: str) -> Architecture:
+def detect(tensors: Shapes, source: str, prediction_type: str | None = None) -> Architecture:
     """The architecture of an original-layout checkpoint; a one-line usage error that says what was found if it is
-    not SD 1.x/2.x/XL text-to-image. `source` names the file in that line."""
+    not SD 1.x/2.x/XL text-to-image. `source` names the file in that line. `prediction_type` ("epsilon" or
+    "v_prediction") is what the checkpoint is declared to predict; None: as its weights suggest."""
     keys = list(tensors)
     if UNET + "input_blocks.0.0.weight" not in tensors:
         if any(k.startswith(("encoder.down.", "decoder.up.", "encoder.down_blocks.")) for k in keys):
@@ -233,7 +238,7 @@ def detect(tensors: Shapes, source: str) -> Architecture:
         family = SD2
     else:
         _refuse(source, tensors, "has a U-Net but no CLIP text encoder (cond_stage_model.*)")
-    v = _is_v_prediction(tensors, family)
+    v = prediction_type == "v_prediction" if prediction_type else _is_v_prediction(tensors, family)
     native = 1024 if family is SDXL else 768 if family is SD2 and v else 512
     has_vae = VAE + "encoder.conv_in.weight" in tensors
     vae = vae_config(tensors, VAE, native, family.vae_scaling_factor) if has_vae else None

@@ -13,23 +13,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from sdcli.errors import Failure, UsageError, reason
+from sdcli.loading.headers import read_header, refuse
 from sdcli.loading.references import SAFETENSORS, check_checkpoint_file
 
 Tensors = dict[str, torch.Tensor]
 
 
 def _read_safetensors(path: Path) -> Tensors:
+    read_header(path)  # an empty, truncated or foreign file: one line that says which
     try:
         return load_file(path, device="cpu")
-    except SafetensorError as error:
-        found = reason(error).removeprefix("Error while deserializing header: ")
-        if "not fully covered" in found or "too small" in found and path.stat().st_size > 0:
-            what = f"is truncated ({path.stat().st_size} bytes, fewer than its header promises)"
-        elif path.stat().st_size == 0:
-            what = "is empty"
-        else:
-            what = f"is not a safetensors file ({found})"
-        raise UsageError(f"{path} {what}; download it again or pass a complete .safetensors checkpoint") from None
+    except SafetensorError as error:  # a header that passed, but whose tensors safetensors finds inconsistent
+        refuse(path, f"is not a safetensors file ({reason(error)})")
 
 
 def _read_pickle(path: Path) -> Tensors:

@@ -4,7 +4,8 @@ The one place that turns a model into components: a diffusers folder (built-in, 
 cache) loads with diffusers' and transformers' own classes from safetensors weights; a single checkpoint file in
 the original layout is read by `sdcli.loading.checkpoints`, recognised by `sdcli.loading.architecture` and rebuilt by
 `sdcli.loading.single_file`, offline. Everything the loop needs to know about the model is read from its configs here,
-never from constants. `--vae`, tiling, offload, channels-last and compilation are applied here too.
+never from constants. `--vae`, tiling, offload, channels-last and compilation are applied here too, and a prediction
+type the user declares (`sdcli.loading.prediction`) replaces the model's own.
 
 An SDXL folder (a U-Net with `addition_embed_type="text_time"`) also has `tokenizer_2` and `text_encoder_2` (a
 `CLIPTextModelWithProjection`), and its pipeline config's `force_zeros_for_empty_prompt` (diffusers' default: true).
@@ -21,6 +22,7 @@ from typing import Any
 
 import diffusers
 import torch
+import transformers
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -28,8 +30,9 @@ from sdcli.loading.architecture import SD1, SDXL, VAE, VAE_SCALING_FACTOR, descr
 from sdcli.loading.checkpoints import read_checkpoint
 from sdcli.errors import Failure, UsageError, reason
 from sdcli.loading.geometry import latent_scale, native_size
-from sdcli.loading.references import ModelFile, ModelFolder, resolve_vae
-from sdcli.recipe import Request
+from sdcli.loading.prediction import check_prediction_type, declared_prediction_type
+from sdcli.loading.references import ModelFile, ModelFolder
+from sdcli.recipe import Run
 from sdcli.loading.single_file import (
     build_text_encoder,
     build_text_encoder_2,
@@ -40,17 +43,6 @@ from sdcli.loading.single_file import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    """How to load and run a model, beyond device and dtype; none of these changes what the model is."""
-
-    vae: Path | None = None  # another VAE: an original-layout file, a diffusers VAE folder, or a model folder
-    allow_pickle: bool = False  # read pickle checkpoints' tensors (torch.load with weights_only=True)
-    vae_tiling: bool = False  # decode in tiles (diffusers' tiled VAE decode), for large images on small GPUs
-    offload: bool = False  # keep idle components in CPU memory (accelerate), for small GPUs
-    compile: bool = False  # torch.compile the U-Net (warm-up on the first call of each shape)
 
 
 @dataclass
@@ -133,8 +125,9 @@ def _sdxl_from_folder(model: ModelFolder, dtype: torch.dtype, index: Mapping[str
     }
 
 
-def _from_folder(model: ModelFolder, dtype: torch.dtype) -> dict[str, Any]:
-    """The components of a diffusers folder, as keyword arguments of `Model`."""
+def _from_folder(model: ModelFolder, dtype: torch.dtype, prediction_type: str | None) -> dict[str, Any]:
+    """The components of a diffusers folder, as keyword arguments of `Model`; `prediction_type`, if given, replaces
+    the one in its scheduler config."""
     folder = model.folder
     index = json.loads((folder / "model_index.json").read_text())
     tokenizer = _load("tokenizer", model, lambda: CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer"))
@@ -157,10 +150,13 @@ def _from_folder(model: ModelFolder, dtype: torch.dtype) -> dict[str, Any]:
         ),
     )
     # Through the model's own scheduler class, so its defaults fill the config as in diffusers' pipelines.
+    declared = {"prediction_type": prediction_type} if prediction_type else {}
     scheduler = _load(
         "scheduler",
         model,
-        lambda: getattr(diffusers, index["scheduler"][1]).from_pretrained(folder, subfolder="scheduler").config,
+        lambda: getattr(diffusers, index["scheduler"][1])
+        .from_pretrained(folder, subfolder="scheduler", **declared)
+        .config,
     )
     components = {
         "tokenizer": tokenizer,
@@ -174,11 +170,12 @@ def _from_folder(model: ModelFolder, dtype: torch.dtype) -> dict[str, Any]:
     return components
 
 
-def _from_file(model: ModelFile, dtype: torch.dtype, has_vae: bool) -> dict[str, Any]:
-    """The components of an original-layout checkpoint, as keyword arguments of `Model` (no VAE when `has_vae`)."""
+def _from_file(model: ModelFile, dtype: torch.dtype, has_vae: bool, prediction_type: str | None) -> dict[str, Any]:
+    """The components of an original-layout checkpoint, as keyword arguments of `Model` (no VAE when `has_vae`);
+    what it predicts is `prediction_type`, else what the config beside the file says, else what its weights say."""
     source = str(model.path)
     tensors = read_checkpoint(model.path, model.allow_pickle)
-    arch = detect(tensors, source)
+    arch = detect(tensors, source, declared_prediction_type(model.path, prediction_type))
     if arch.vae is None and not has_vae:
         raise UsageError(f"{source} holds no VAE (first_stage_model.*); pass one with --vae FILE_OR_FOLDER")
     log.info("%s: %s, %s, %dx%d", source, arch.family.title, arch.prediction_type, arch.native_size, arch.native_size)
@@ -230,55 +227,63 @@ def load_vae(
     return vae.to(vae_dtype(dtype, vae.config))
 
 
-def _speed_up(model: Model, options: LoadOptions) -> None:
+def _speed_up(model: Model, run: Run) -> None:
     """Memory layout, tiling, offload and compilation: the options that change how fast, not what, a model makes."""
     if model.device.type == "cuda":
         # Convolutions in NHWC run on tensor cores without transposes; on the CPU it would change fp32 rounding.
         model.unet.to(memory_format=torch.channels_last)
         model.vae.to(memory_format=torch.channels_last)
-    if options.vae_tiling:
+    if run.vae_tiling:
         model.vae.enable_tiling()
-    if options.offload:
+    if run.offload:
         from accelerate import cpu_offload_with_hook
 
         hook = None
         for module in model.modules:  # the order they run in: each evicts the last
             _, hook = cpu_offload_with_hook(module, model.device, prev_module_hook=hook)
-    if options.compile:
+    if run.compile:
         model.unet.compile(dynamic=False)
 
 
+def _quiet_libraries() -> None:
+    """diffusers' and transformers' log chatter and tqdm bars ("Loading weights") off, through their own switches.
+    Here rather than at start-up: importing them takes seconds, and their first import resets their loggers' level
+    (which `sdcli.output.console.setup_logging` sets by name, before)."""
+    for library_logging in (diffusers.utils.logging, transformers.utils.logging):
+        library_logging.set_verbosity_error()
+        library_logging.disable_progress_bar()
+
+
 def load_model(
-    model: ModelFolder | ModelFile, device: torch.device, dtype: torch.dtype, options: LoadOptions = LoadOptions()
+    model: ModelFolder | ModelFile,
+    device: torch.device,
+    dtype: torch.dtype,
+    run: Run = Run(),
+    vae: Path | None = None,
+    prediction_type: str | None = None,
 ) -> Model:
-    """Load the components of `model` (five; seven for SDXL) onto `device`."""
-    if options.offload and device.type != "cuda":
+    """Load the components of `model` (five; seven for SDXL) onto `device`, with `vae` (a checked --vae path) in
+    place of its own, made ready the way `run` asks (offload, tiling, compilation). `prediction_type` ("epsilon",
+    "v_prediction") replaces what the model predicts; None: as its scheduler config says (a folder), or as the
+    AUTOMATIC1111 config beside it, else its weights, say (a single file)."""
+    if run.offload and device.type != "cuda":
         raise UsageError("--offload keeps idle components in CPU memory while a GPU runs; it needs --device cuda")
+    if prediction_type is not None:
+        check_prediction_type(prediction_type)
+    _quiet_libraries()
     if isinstance(model, ModelFile):
-        components = _from_file(model, dtype, options.vae is not None)
+        components = _from_file(model, dtype, vae is not None, prediction_type)
     else:
-        components = _from_folder(model, dtype)
-    if options.vae is not None:
-        unet, vae = components["unet"], components["vae"]
-        native = native_size(unet.config, vae.config)[0] if vae else unet.config.sample_size * 8  # SD's VAE: 8
+        components = _from_folder(model, dtype, prediction_type)
+    if vae is not None:
+        unet, own_vae = components["unet"], components["vae"]
+        native = native_size(unet.config, own_vae.config)[0] if own_vae else unet.config.sample_size * 8  # SD: 8
         scaling_factor = (family_of(unet.config) or SD1).vae_scaling_factor
-        components["vae"] = load_vae(options.vae, dtype, native, options.allow_pickle, scaling_factor)
+        components["vae"] = load_vae(vae, dtype, native, run.allow_pickle, scaling_factor)
     loaded = Model(model.reference, device=device, dtype=dtype, **components)
     for module in loaded.modules:
         module.eval().requires_grad_(False)
-        if not options.offload:
+        if not run.offload:
             module.to(device)
-    _speed_up(loaded, options)
+    _speed_up(loaded, run)
     return loaded
-
-
-
-def load_options(request: Request) -> LoadOptions:
-    """A request's loading and speed options, its `--vae` checked to exist."""
-    return LoadOptions(
-        vae=resolve_vae(request.vae, request.allow_pickle) if request.vae else None,
-        allow_pickle=request.allow_pickle,
-        vae_tiling=request.vae_tiling,
-        offload=request.offload,
-        compile=request.compile,
-    )

@@ -1,8 +1,13 @@
 """Device and dtype choice: `auto` means CUDA in fp16 when there is a CUDA device, else the CPU, in bf16 when the
-processor has bf16 matrix units (Intel AMX: a U-Net step about 3x faster than fp32) and in fp32 otherwise."""
+processor has bf16 matrix units (Intel AMX: a U-Net step about 3x faster than fp32) and in fp32 otherwise.
+
+`SDCLI_CPU_BF16=1` (or `0`) says whether the CPU has them instead of asking it: the same `auto` on every machine
+(the tests pin it to 0, so that no result depends on the host's processor).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -13,6 +18,8 @@ from sdcli.errors import UsageError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+CPU_BF16_ENV = "SDCLI_CPU_BF16"
+CPUINFO = Path("/proc/cpuinfo")  # Linux's list of the processor's features
 
 
 def resolve_device(choice: str) -> torch.device:
@@ -30,11 +37,19 @@ def resolve_device(choice: str) -> torch.device:
 
 
 def cpu_has_bf16_matrix_units() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AMX), as torch's own dispatch or /proc/cpuinfo says."""
+    """Whether this CPU multiplies bf16 matrices in hardware (AMX): as $SDCLI_CPU_BF16 says where set, else as
+    torch's own dispatch or /proc/cpuinfo says."""
+    declared = os.environ.get(CPU_BF16_ENV)
+    if declared is not None:
+        if declared not in ("0", "1"):
+            raise UsageError(
+                f"{CPU_BF16_ENV}={declared!r} is neither 1 nor 0; set it to 1 (the CPU has AMX) or 0, or unset it"
+            )
+        return declared == "1"
     if "AMX" in torch.backends.cpu.get_cpu_capability().upper():
         return True
     try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+        return "amx_bf16" in CPUINFO.read_text()
     except OSError:
         return False
 

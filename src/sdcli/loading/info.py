@@ -1,23 +1,27 @@
 """What a model is, without building it: family, prediction type, native size, dtype, parameters per component.
 
 A diffusers folder is read from its configs and its safetensors headers; a single file from its tensors' names and
-shapes (`sdcli.loading.architecture`), as loading it would.
+shapes (`sdcli.loading.architecture`), with the prediction type loading would use (`sdcli.loading.prediction`).
+Safetensors are read without torch (`sdcli.loading.headers`); only a pickle needs it.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
-from safetensors import safe_open
-
-from sdcli.loading.architecture import UNET, VAE, detect, family_of
-from sdcli.loading.checkpoints import read_checkpoint
+from sdcli.loading.architecture import UNET, VAE, Shapes, detect, family_of
 from sdcli.loading.geometry import native_size
-from sdcli.loading.references import ModelFile, ModelFolder
+from sdcli.loading.headers import read_header
+from sdcli.loading.prediction import declared_prediction_type
+from sdcli.loading.references import SAFETENSORS, ModelFile, ModelFolder
 
+# Short dtype names, from safetensors' (a header's) and torch's (a pickle's, without its "torch." prefix).
 _DTYPES = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F64": "fp64"}
+_DTYPES |= {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")  # text_encoder_2: SDXL's, where present
 
 
@@ -36,6 +40,15 @@ class ModelInfo:
         return asdict(self)
 
 
+def _parameters_by_dtype(tensors: Iterable[Any]) -> Counter[str]:
+    """The tensors' parameter counts by short dtype name (fp32, fp16, ...)."""
+    counts = Counter()
+    for tensor in tensors:
+        name = str(tensor.dtype).removeprefix("torch.")
+        counts[_DTYPES.get(name, name.lower())] += tensor.numel()
+    return counts
+
+
 def _folder_info(model: ModelFolder) -> ModelInfo:
     folder = model.folder
     unet_config = json.loads((folder / "unet" / "config.json").read_text())
@@ -43,19 +56,12 @@ def _folder_info(model: ModelFolder) -> ModelInfo:
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     parameters, dtypes = {}, Counter()
     for component in (c for c in COMPONENTS if (folder / c).is_dir()):
-        total = 0
+        counts = Counter()
         for file in sorted((folder / component).glob("*.safetensors")):
-            if file.name.count(".") > 1:  # variants (model.fp16.safetensors) repeat the same weights
-                continue
-            with safe_open(file, "pt") as weights:
-                for name in weights.keys():
-                    tensor = weights.get_slice(name)
-                    count = 1
-                    for side in tensor.get_shape():
-                        count *= side
-                    total += count
-                    dtypes[_DTYPES.get(tensor.get_dtype(), tensor.get_dtype().lower())] += count
-        parameters[component] = total
+            if file.name.count(".") == 1:  # not a variant (model.fp16.safetensors): those repeat the same weights
+                counts += _parameters_by_dtype(read_header(file).values())
+        parameters[component] = counts.total()
+        dtypes += counts
     family = family_of(unet_config)
     width, height = native_size(unet_config, vae_config)
     return ModelInfo(
@@ -70,18 +76,22 @@ def _folder_info(model: ModelFolder) -> ModelInfo:
     )
 
 
+def _file_tensors(model: ModelFile) -> Shapes:
+    """A single file's tensors: a safetensors header's, read without torch, or a pickle's (torch.load)."""
+    if model.path.suffix.lower() in SAFETENSORS:
+        return read_header(model.path)
+    from sdcli.loading.checkpoints import read_checkpoint  # torch, for pickles only
+
+    return read_checkpoint(model.path, model.allow_pickle)
+
+
 def _file_info(model: ModelFile) -> ModelInfo:
-    tensors = read_checkpoint(model.path, model.allow_pickle)
-    arch = detect(tensors, str(model.path))
+    tensors = _file_tensors(model)
+    arch = detect(tensors, str(model.path), declared_prediction_type(model.path))
     prefixes = {"unet": UNET, "vae": VAE, "text_encoder": arch.family.text_prefix}
     if arch.family.text_prefix_2:
         prefixes["text_encoder_2"] = arch.family.text_prefix_2
     parameters = {c: sum(t.numel() for k, t in tensors.items() if k.startswith(p)) for c, p in prefixes.items()}
-    dtypes = Counter()
-    for tensor in tensors.values():
-        dtypes[str(tensor.dtype).removeprefix("torch.")] += tensor.numel()
-    names = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-    dtype = dtypes.most_common(1)[0][0]
     return ModelInfo(
         model.reference,
         arch.family.name,
@@ -89,7 +99,7 @@ def _file_info(model: ModelFile) -> ModelInfo:
         arch.prediction_type,
         arch.native_size,
         arch.native_size,
-        names.get(dtype, dtype),
+        _parameters_by_dtype(tensors.values()).most_common(1)[0][0],
         parameters,
     )
 

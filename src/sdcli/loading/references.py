@@ -5,7 +5,7 @@ A reference is tried in that order: a path that exists (a folder, or a `.safeten
 CompVis/Stability layout; pickles only with `allow_pickle`); the name of a built-in model (a folder with a
 `model_index.json` under `sdcli/models/`, shipped inside the package); a repo id (`owner/name`), looked up in
 huggingface_hub's local cache first and downloaded only when it is not there and `HF_HUB_OFFLINE` is not set.
-No torch here: listing or checking models stays fast.
+No torch here, and huggingface_hub only once a repo id is looked up: listing or checking models stays fast.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-
-from huggingface_hub import constants, snapshot_download
 
 from sdcli.errors import Failure, UsageError, reason
 from sdcli.recipe import DEFAULT_MODEL
@@ -121,6 +119,9 @@ def check_sd_folder(folder: Path) -> None:
 
 
 def _from_hub(repo_id: str) -> Path:
+    """The folder of `repo_id` in the Hugging Face cache, downloaded first unless cached or offline."""
+    from huggingface_hub import constants, snapshot_download  # about half a second to import: only for repo ids
+
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached (or cached incompletely): fall through to the download

@@ -1,6 +1,7 @@
 """Everything the command line writes to stderr: log lines, warnings, the one-line error, the progress bar.
 
-stdout carries results only (paths or JSON lines); this module never writes there.
+stdout carries results only (paths or JSON lines); this module never writes there. rich is imported only when a bar
+is shown, so that the commands without one (`--help`, `samplers`, `info`, ...) start without it.
 """
 
 from __future__ import annotations
@@ -9,10 +10,10 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn, TimeRemainingColumn
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 LIBRARY_LOGGERS = ("diffusers", "transformers", "huggingface_hub", "accelerate")
 
@@ -29,21 +30,14 @@ _handler = _StderrHandler()
 
 
 def setup_logging(verbose: bool) -> None:
-    """sdcli's warnings on stderr, and its progress messages when `verbose`; the libraries' chatter and bars off."""
+    """sdcli's warnings on stderr, and its progress messages when `verbose`; the libraries' chatter off, by logger
+    name, without importing them (seconds): `sdcli.loading.components.load_model` turns their progress bars off."""
     logger = logging.getLogger("sdcli")
     if _handler not in logger.handlers:
         logger.addHandler(_handler)
     logger.setLevel(logging.INFO if verbose else logging.WARNING)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
-    # The libraries' tqdm bars ("Loading weights") go off through their own switches.
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def error_line(message: str) -> None:
@@ -51,9 +45,29 @@ def error_line(message: str) -> None:
     sys.stderr.write(f"error: {message}\n")
 
 
-class _RateColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:.2f} it/s" if task.speed else "-.-- it/s")
+def _steps_per_second(speed: float | None) -> str:
+    return f"{speed:.2f} it/s" if speed else "-.-- it/s"
+
+
+def _images_per_minute(speed: float | None) -> str:
+    return f"{speed * 60:.1f} images/min" if speed else "-.- images/min"
+
+
+@contextmanager
+def _bar(label: str, total: int | None, speed: Callable[[float | None], str]) -> Iterator[tuple[Progress, TaskID]]:
+    """A transient rich bar on stderr, and its task: label, bar, done / total, `speed(items per second)`, ETA."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
+    from rich.progress import TimeRemainingColumn
+    from rich.text import Text
+
+    class SpeedColumn(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            return Text(speed(task.speed))
+
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), SpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        yield progress, progress.add_task(label, total=total)
 
 
 @contextmanager
@@ -62,19 +76,12 @@ def step_progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
     if not enabled:
         yield None
         return
-    columns = (TextColumn("denoising"), BarColumn(), MofNCompleteColumn(), _RateColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("denoising", total=None)
+    with _bar("denoising", None, _steps_per_second) as (progress, task):
 
         def on_step(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
         yield on_step
-
-
-class _ImagesPerMinuteColumn(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        return Text(f"{task.speed * 60:.1f} images/min" if task.speed else "-.- images/min")
 
 
 @contextmanager
@@ -84,7 +91,5 @@ def image_progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]
     if not enabled:
         yield lambda k: None
         return
-    columns = (TextColumn("images"), BarColumn(), MofNCompleteColumn(), _ImagesPerMinuteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task("images", total=total)
+    with _bar("images", total, _images_per_minute) as (progress, task):
         yield lambda k: progress.advance(task, k)

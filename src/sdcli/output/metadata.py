@@ -25,8 +25,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from sdcli import __version__
 from sdcli.errors import UsageError
-from sdcli.sampling.samplers import from_a1111_name, get_sampler
-from sdcli.recipe import RECORD_FIELDS, ImageRecord
+from sdcli.recipe import RECORD_FIELDS, ImageRecord, Recipe, declared, parse_text
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +51,17 @@ def _unquote(text: str) -> str:
 
 
 def infotext(record: ImageRecord) -> str:
-    """The `parameters` text of AUTOMATIC1111 for one image."""
-    params = {
-        "Steps": record.steps,
-        "Sampler": get_sampler(record.sampler).a1111_name,
-        "CFG scale": float(record.cfg),
-        "Seed": record.seed,
-        "Size": f"{record.width}x{record.height}",
-        "Model": record.model_name,
-    }
+    """The `parameters` text of AUTOMATIC1111 for one image: the prompts, then every setting declared with an
+    infotext key, in declaration order."""
+    params = {}
+    for f, spec in declared(Recipe):
+        if spec.infotext is not None:
+            write = spec.infotext.write or (lambda r, name=f.name: getattr(r, name))
+            params[spec.infotext.key] = write(record)
     lines = [record.prompt]
     if record.negative_prompt:
         lines.append(f"{NEGATIVE_PREFIX} {record.negative_prompt}")
-    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in params.items()))
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in params.items() if value is not None))
     return "\n".join(lines)
 
 
@@ -85,27 +82,21 @@ def parse_infotext(text: str) -> dict[str, str]:
 
 
 def settings_from_infotext(text: str) -> dict[str, Any]:
-    """The `Request` settings an infotext carries (those it leaves out keep their defaults)."""
+    """The recipe settings an infotext carries (those it leaves out keep their defaults)."""
     params = parse_infotext(text)
+    if params.get("Schedule type") == "Karras" and "Sampler" in params and not params["Sampler"].endswith(" Karras"):
+        params["Sampler"] += " Karras"  # AUTOMATIC1111 1.9+ writes the schedule on its own
     settings: dict[str, Any] = {"prompt": params["Prompt"], "negative_prompt": params["Negative prompt"]}
-    try:
-        if "Steps" in params:
-            settings["steps"] = int(params["Steps"])
-        if "CFG scale" in params:
-            settings["cfg"] = float(params["CFG scale"])
-        if "Seed" in params:
-            settings["seed"] = int(params["Seed"])
-        if "Size" in params:
-            settings["width"], settings["height"] = (int(v) for v in params["Size"].split("x"))
-    except ValueError as error:
-        raise UsageError(f"the image's parameters do not parse ({error}); give the settings as options") from None
-    if "Sampler" in params:
-        name = params["Sampler"]
-        if params.get("Schedule type") == "Karras" and not name.endswith(" Karras"):
-            name += " Karras"  # AUTOMATIC1111 1.9+ writes the schedule on its own
-        settings["sampler"] = from_a1111_name(name).name
-    if "Model" in params:
-        settings["model"] = params["Model"]
+    for f, spec in declared(Recipe):
+        if spec.infotext is None or spec.infotext.key not in params:
+            continue
+        value = params[spec.infotext.key]
+        try:
+            settings |= spec.infotext.read(value) if spec.infotext.read else {f.name: parse_text(f.name, value)}
+        except ValueError as error:
+            raise UsageError(
+                f"the image's {spec.infotext.key} {value!r} does not parse ({error}); give the settings as options"
+            ) from None
     return settings
 
 

@@ -1,25 +1,80 @@
-"""The hand-written denoising loop: noise in, latents out, one guided model call per timestep.
+"""The hand-written denoising loop, and the diffusers scheduler it steps with.
 
 The loop knows nothing of prompts or U-Nets: it takes a `predict(x, t)` function (the guided U-Net, or any toy
 denoiser in the tests) and a `Schedule`. Randomness is passed in: image i of a batch draws its initial noise and
 any per-step noise from its own CPU generator, so a batch gives exactly the images its members give alone.
+
+diffusers' schedulers are stateful: `set_timesteps` must come first (it also fixes `init_noise_sigma` for the
+sigma-based samplers), `scale_model_input` must precede each model call, and `step` must be called once per entry
+of `timesteps`, in order (multistep solvers remember earlier predictions; Heun and DPM2 alternate two half-steps,
+so their `timesteps` repeat). `Schedule` keeps that coupling in one place, starting from a fresh copy of the
+scheduler, so batches share no state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
 
+import diffusers
+import numpy as np
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import SchedulerMixin, UNet2DConditionModel
 
+from sdcli.errors import UsageError, reason
+from sdcli.sampling.samplers import Sampler
 from sdcli.text.conditioning import Conditioning
-from sdcli.guidance.cfg import Denoiser
-from sdcli.sampling.schedule import Schedule
 
 # (x_t scaled for the model (B, C, h, w), t) -> the model's prediction, eps or v (B, C, h, w).
 Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# A conditional denoiser: (x (B, C, h, w), t (scalar), conditioning of B images) -> prediction (B, C, h, w).
+Denoiser = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 # (timesteps done, timesteps in all) after each step.
 StepCallback = Callable[[int, int], None]
+
+
+def build_scheduler(sampler: Sampler, scheduler_config: Mapping[str, Any]) -> SchedulerMixin:
+    """The sampler's scheduler, from the model's own scheduler config (betas, prediction_type) plus its settings."""
+    try:
+        return getattr(diffusers, sampler.scheduler).from_config(scheduler_config, **sampler.settings)
+    except (ValueError, NotImplementedError) as error:
+        raise UsageError(
+            f"sampler {sampler.name} cannot run with this model's scheduler config ({reason(error)}); "
+            "choose another --sampler"
+        ) from None
+
+
+class Schedule:
+    """One sampling run of `steps` steps."""
+
+    def __init__(self, scheduler: SchedulerMixin, steps: int, device: torch.device):
+        # A copy, not a rebuild: some schedulers' constructors are slow (DPM2 inverts 1000 sigmas).
+        self._scheduler = copy.deepcopy(scheduler)
+        self._scheduler.set_timesteps(steps, device=device)
+        self.timesteps: torch.Tensor = self._scheduler.timesteps  # (T,): one model call each
+        self.init_noise_sigma = self._scheduler.init_noise_sigma  # the noise's scale at the start
+        self._takes_generator = "generator" in inspect.signature(self._scheduler.step).parameters
+
+    def scale_input(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x_t as the model expects it at t (sigma-based samplers divide by sqrt(sigma^2 + 1))."""
+        return self._scheduler.scale_model_input(x_t, t)
+
+    def step(
+        self, pred: torch.Tensor, t: torch.Tensor, x_t: torch.Tensor, generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        """x_t to the next x (B, C, h, w). Stochastic samplers draw image i's noise from generators[i]."""
+        extra = {"generator": generators} if self._takes_generator else {}
+        return self._scheduler.step(pred, t, x_t, **extra, return_dict=False)[0]
+
+
+def sigma_of_timestep(t: torch.Tensor | float, alphas_cumprod: torch.Tensor) -> float:
+    """The noise level sigma = sqrt((1 - alphabar_t) / alphabar_t) of timestep t, interpolated in log sigma for a
+    fractional t (as diffusers' sigma-based schedulers map sigmas to timesteps)."""
+    alphas = alphas_cumprod.double().cpu().numpy()  # (T_train,)
+    log_sigmas = 0.5 * np.log((1 - alphas) / alphas)
+    return float(np.exp(np.interp(float(t), np.arange(len(alphas)), log_sigmas)))
 
 
 def unet_denoiser(unet: UNet2DConditionModel) -> Denoiser:

@@ -1,6 +1,6 @@
 """The sampler registry: one name per sampler, its AUTOMATIC1111 name, and the diffusers scheduler that runs it.
 
-One table drives the code (`sdcli.sampling.schedule` builds the scheduler) and the command line (`--sampler` choices and
+One table drives the code (`sdcli.sampling.loop` builds the scheduler) and the command line (`--sampler` choices and
 `sdcli samplers`). A scheduler is built with `from_config` from the model's own scheduler config (its betas and
 `prediction_type`) plus the settings below, which pin what the name means: `dpm++2m` is never Karras, whatever the
 model's config says. Pure data; importing it does not import torch.

@@ -51,7 +51,7 @@ def score(model, cfg: float, seeds: list[int], **settings) -> Scores:
     start = time.perf_counter()
     right, spreads = [], []
     for caption, colour, shape, background in full_captions():
-        request = Request(
+        request = Request.of(
             prompt=caption,
             seed=seeds[0],
             num_images=len(seeds),
@@ -90,8 +90,8 @@ def negative_counts(model, seeds: list[int], **settings) -> list[dict]:
 
     rows = []
     for prompt, negative, unwanted, shows in NEGATIVE_CASES:
-        request = Request(prompt=prompt, negative_prompt=negative, seed=seeds[0], num_images=len(seeds),
-                          batch_size=len(seeds), model=model.reference, **settings)
+        request = Request.of(prompt=prompt, negative_prompt=negative, seed=seeds[0], num_images=len(seeds),
+                                  batch_size=len(seeds), model=model.reference, **settings)  # fmt: skip
         count = sum(shows(judge(np.asarray(made.image))) for made in make_images(model, request))
         rows.append({"prompt": prompt, "neg": negative, "unwanted": unwanted, "count": count, "of": len(seeds)})
     return rows
@@ -108,8 +108,8 @@ def colour_steering(model, method: str, scale: float, seeds: list[int], **settin
         steer = {"prompt": "", "cfg": 1.0, "classifier": f"color={colour}", "classifier_scale": scale}
         if method == "cfg":
             steer = {"prompt": colour, "cfg": scale}
-        request = Request(seed=seeds[0], num_images=len(seeds), batch_size=len(seeds), model=model.reference,
-                          **steer, **settings)  # fmt: skip
+        request = Request.of(seed=seeds[0], num_images=len(seeds), batch_size=len(seeds), model=model.reference,
+                                  **steer, **settings)  # fmt: skip
         images = [made.image for made in make_images(model, request)]
         hits += sum(judge(np.asarray(image)).colour == colour for image in images)
         spreads.append(diversity(images))

@@ -1,4 +1,5 @@
-"""A pixel judge for the shapes world: which shape, colour and background an image shows.
+"""A pixel judge for the shapes world: which shape, colour and background an image shows. The module is the
+built-in model's `sdcli.workflows.metrics.Judge`: sweeps of the model measure adherence with it.
 
 Background from the border, the shape's pixels by their distance from it, colour by the nearest palette entry,
 shape by how much of its bounding box it fills (square 1, circle pi/4, triangle 1/2).
@@ -6,11 +7,13 @@ shape by how much of its bounding box it fills (square 1, circle pi/4, triangle 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
-from sdcli.shapes.world import BACKGROUNDS, COLOURS
+from sdcli.shapes.world import BACKGROUNDS, COLOURS, SHAPES
 
 MIN_DISTANCE = 60.0  # RGB distance from the background beyond which a pixel belongs to the shape
 MIN_PIXELS = 30  # fewer shape pixels than this: no shape
@@ -48,3 +51,22 @@ def judge(image: np.ndarray) -> Verdict:
     fill = box.mean()
     shape = "triangle" if fill < 0.65 else "circle" if fill < 0.89 else "square"
     return Verdict(shape=shape, colour=colour, background=background)
+
+
+def named_attributes(prompt: str) -> dict[str, str]:
+    """The shapes-world attributes a prompt names: {"colour": ..., "shape": ..., "background": ...}, each only if
+    named (the first word of its palette in the prompt). `a red circle on a white background` names all three."""
+    words = re.findall(r"[a-z]+", prompt.lower())
+    found: dict[str, str] = {}
+    for key, names in (("colour", COLOURS), ("shape", SHAPES), ("background", BACKGROUNDS)):
+        named = [word for word in words if word in names]
+        if named:
+            found[key] = named[0]
+    return found
+
+
+def judged_adherence(image: Image.Image, attributes: dict[str, str]) -> bool:
+    """Whether the judge sees every attribute in `attributes` in the image."""
+    verdict = judge(np.asarray(image.convert("RGB")))
+    return all(getattr(verdict, key) == value for key, value in attributes.items())
+

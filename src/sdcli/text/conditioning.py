@@ -60,3 +60,25 @@ class Conditioning:
         """The branches stacked along the batch, in order, for one batched U-Net call."""
         fields = zip(*(branch._tensors() for branch in branches))  # all contexts, all pooled, all time ids
         return Conditioning(*(None if parts[0] is None else torch.cat(parts) for parts in fields))
+
+
+@dataclass(frozen=True)
+class Branches:
+    """The conditioning of each guidance branch for B images."""
+
+    cond: Conditioning  # the prompt: context (B, L, D)
+    uncond: Conditioning | None  # the negative prompt (replace mode) or the empty prompt; None: not run (w = 1)
+    negatives: tuple[Conditioning, ...] = ()  # each separate negative prompt
+
+    @property
+    def context_length(self) -> int:
+        return self.cond.context.shape[1]  # L: the same in every branch
+
+    @staticmethod
+    def cat(images: Sequence[Branches]) -> Branches:
+        """The images' branches stacked along the batch, branch by branch: (sum of B, ...) each."""
+        return Branches(
+            Conditioning.cat([b.cond for b in images]),
+            None if images[0].uncond is None else Conditioning.cat([b.uncond for b in images]),
+            tuple(Conditioning.cat(column) for column in zip(*(b.negatives for b in images), strict=True)),
+        )

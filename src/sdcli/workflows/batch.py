@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +30,21 @@ from accelerate import PartialState
 
 from sdcli.output.console import image_progress
 from sdcli.errors import UsageError
-from sdcli.engine import chunked, load_for, make_batched, shared_settings
+from sdcli.engine import batch_key, chunked, load_for, make_batched
 from sdcli.loading.geometry import check_size
 from sdcli.output.metadata import encode_png, settings_from_png
 from sdcli.output.files import image_name, write_atomic
-from sdcli.recipe import Request
+from sdcli.recipe import SETTINGS, Recipe, Request, parse_text
+from contextlib import nullcontext
+from sdcli.output.files import check_output_path, hold_folder
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.jsonl"
 FORMATS = ("txt", "jsonl", "csv")
-WHOLE_BATCH = frozenset({"model", "device", "dtype", "batch_size"})  # one model, one device per run
-PER_LINE = tuple(f.name for f in fields(Request) if f.name not in WHOLE_BATCH)
+# What a line may set: the recipe's settings but those that load the model, and the number of images; the rest
+# (model, VAE, device, dtype...) is one per run, given on the command line.
+PER_LINE = tuple(name for name, (_, spec) in SETTINGS.items() if spec.per_line and not spec.loads)
 ALIASES = {"neg": "negative_prompt", "n": "num_images"}  # the command line's short names
 
 
@@ -69,12 +72,12 @@ class Planned:
 
     @property
     def seed(self) -> int:
-        return self.line.request.seed + self.index
+        return self.line.request.recipe.seed + self.index
 
     @property
-    def request(self) -> Request:
-        """The request that makes this image alone."""
-        return replace(self.line.request, seed=self.seed, num_images=1)
+    def recipe(self) -> Recipe:
+        """The recipe that makes this image alone."""
+        return replace(self.line.request.recipe, seed=self.seed)
 
 
 # 1. Reading and checking lines.
@@ -122,45 +125,37 @@ def raw_rows(text: str, fmt: str) -> Iterator[tuple[int, dict[str, Any] | str]]:
         yield number, value if isinstance(value, dict) else f"a JSON object is needed, not {type(value).__name__}"
 
 
-def _field_type(name: str) -> str:
-    return next(str(f.type) for f in fields(Request) if f.name == name)
-
-
 def _from_strings(values: dict[str, str]) -> dict[str, Any] | str:
     """CSV cells to the types the settings take (text stays text)."""
     typed: dict[str, Any] = {}
     for key, text in values.items():
-        name = ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
-        kind = _field_type(name) if name in PER_LINE else "str"
+        name = _setting_name(key)
         try:
-            if "float" in kind:
-                typed[key] = float(text)
-            elif "int" in kind:
-                typed[key] = int(text)
-            elif "bool" in kind:
-                if text.strip().lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                typed[key] = text.strip().lower() in ("true", "1", "yes")
-            else:
-                typed[key] = text
+            typed[key] = parse_text(name, text)
         except ValueError:
-            return f"{key} {text!r} is not a {kind.split(' |')[0]}"
+            return f"{key} {text!r} is not a {str(SETTINGS[name][0].type).split(' |')[0]}"
     return typed
+
+
+def _setting_name(key: str) -> str:
+    """The setting a line's field names (`neg-mode` and `neg_mode` alike; the command line's short names)."""
+    name = key.replace("-", "_")
+    return ALIASES.get(name, name)
 
 
 def line_request(fields_: dict[str, Any], defaults: dict[str, Any]) -> Request:
     """A line's fields over the command line's defaults, as a checked request."""
     settings = dict(defaults)
     for key, value in fields_.items():
-        name = ALIASES.get(key.replace("-", "_"), key.replace("-", "_"))
-        if name in WHOLE_BATCH:
+        name = _setting_name(key)
+        if name in SETTINGS and name not in PER_LINE:
             raise UsageError(f"`{key}` applies to the whole batch; give it on the command line")
         if name not in PER_LINE:
             raise UsageError(f"unknown option `{key}` (a line can set: {', '.join(_line_names())})")
         settings[name] = value
     if not isinstance(settings.get("prompt"), str):
         raise UsageError("no `prompt` (text) on this line")
-    return Request(**settings)
+    return Request.of(settings)
 
 
 def _line_names() -> list[str]:
@@ -187,7 +182,7 @@ def check_sizes(lines: list[Line], native: tuple[int, int], scale: int) -> tuple
     good, bad = [], []
     for line in lines:
         try:
-            check_size(line.request.width or native[0], line.request.height or native[1], scale)
+            check_size(line.request.recipe.width or native[0], line.request.recipe.height or native[1], scale)
             good.append(line)
         except UsageError as error:
             bad.append(Invalid(line.number, str(error)))
@@ -219,23 +214,51 @@ def plan(lines: list[Line], out_dir: Path) -> list[Planned]:
     """Every image of every line, named `<line>-<index>-<seed>-<prompt words>.png`: stable across reruns, and
     sorting in plan order (line and index zero-padded)."""
     return [
-        Planned(line, i, out_dir / f"{line.number:05d}-{i:03d}-{image_name(line.request.prompt, seed)}")
+        Planned(line, i, out_dir / f"{line.number:05d}-{i:03d}-{image_name(line.request.recipe.prompt, seed)}")
         for line in lines
         for i, seed in enumerate(line.request.seeds)
     ]
 
 
+def _manifest_row(text: str) -> dict[str, Any] | None:
+    """A line of the manifest as its row, None if it is not one sdcli writes (a JSON object with a path and a
+    prompt)."""
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    ours = isinstance(row, dict) and isinstance(row.get("path"), str) and isinstance(row.get("prompt"), str)
+    return row if ours else None
+
+
 def _manifest_rows(path: Path) -> list[dict[str, Any]]:
+    """The manifest's rows, each path relative to the folder. A usage error if the file is not sdcli's, as
+    rewriting it would lose its lines; a last line cut short by a crash (no newline at its end) is dropped."""
+    if not path.exists():
+        return []
+    try:
+        *lines, last = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise _foreign(path, "is not UTF-8 text") from None
     rows = []
-    if path.exists():
-        for text in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
-            if isinstance(row, dict) and isinstance(row.get("path"), str):
-                rows.append(row)
+    for number, text in enumerate([*lines, last] if last else lines, start=1):
+        row = _manifest_row(text)
+        if row is None and not (text is last and rows):
+            raise _foreign(path, f"line {number} is not a JSON object with a path and a prompt")
+        if row is not None:
+            rows.append(folder_relative(row))
     return rows
+
+
+def _foreign(path: Path, problem: str) -> UsageError:
+    return UsageError(f"{path} is not sdcli's manifest ({problem}); move it away, or use another --out-dir")
+
+
+def folder_relative(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as the manifest records it: its path relative to the output folder (the image's name, as images
+    land right in it), so that a rerun from another directory finds it. Rows of older sdcli, relative to the
+    directory they ran in, read the same way."""
+    return {**row, "path": Path(row["path"]).name}
 
 
 def reconcile_manifest(out_dir: Path, planned: list[Planned]) -> None:
@@ -243,10 +266,10 @@ def reconcile_manifest(out_dir: Path, planned: list[Planned]) -> None:
     lines of other runs into the same folder; lines whose image is gone are dropped, and images without a line
     (the run stopped between the two) get one from the settings inside the PNG."""
     manifest = out_dir / MANIFEST
-    known = {row["path"]: row for row in _manifest_rows(manifest) if Path(row["path"]).exists()}
+    known = {row["path"]: row for row in _manifest_rows(manifest) if (out_dir / row["path"]).exists()}
     rows = []
     for image in planned:
-        key = str(image.path)
+        key = image.path.name
         if key in known:
             rows.append(known.pop(key))
         elif image.path.exists():
@@ -257,10 +280,13 @@ def reconcile_manifest(out_dir: Path, planned: list[Planned]) -> None:
         write_atomic(manifest, text.encode("utf-8"), overwrite=True)
 
 
-def remove_partial_files(out_dir: Path) -> None:
-    """Temporary files a killed run left behind (images land by rename from `.<name>.<random>.part`)."""
+def remove_partial_files(out_dir: Path, planned: list[Planned]) -> None:
+    """Temporary files a killed run of this batch left behind: write_atomic's `.<name>.<random>.part` of its
+    planned images and of its manifest. Others in the folder are not the batch's to remove."""
+    ours = {image.path.name for image in planned} | {MANIFEST}
     for temp in out_dir.glob(".*.part"):
-        temp.unlink(missing_ok=True)
+        if temp.name[1:].removesuffix(".part").rpartition(".")[0] in ours:
+            temp.unlink(missing_ok=True)
 
 
 def check_existing(planned: list[Planned]) -> None:
@@ -269,7 +295,7 @@ def check_existing(planned: list[Planned]) -> None:
         if not image.path.exists():
             continue
         stored = settings_from_png(image.path)
-        wanted = asdict(image.request)
+        wanted = asdict(image.recipe)
         for key in ("prompt", "negative_prompt", "seed", "cfg", "steps", "sampler"):
             if key in stored and stored[key] != wanted[key]:
                 raise UsageError(
@@ -280,10 +306,10 @@ def check_existing(planned: list[Planned]) -> None:
 
 def share_batches(share: list[Planned], size: int) -> Iterator[list[Planned]]:
     """A share's images in U-Net batches of up to `size`: images of lines that differ only in their prompts and
-    seeds (equal `shared_settings`) go together, in plan order; the groups come in the order of their first image."""
-    groups: dict[tuple[Request, int], list[Planned]] = {}
+    seeds (equal `batch_key`) go together, in plan order; the groups come in the order of their first image."""
+    groups: dict[tuple[Recipe, int], list[Planned]] = {}
     for image in share:
-        groups.setdefault(shared_settings(image.request), []).append(image)
+        groups.setdefault(batch_key(image.recipe), []).append(image)
     for group in groups.values():
         yield from chunked(group, size)
 
@@ -297,7 +323,7 @@ class Manifest:
         self.fd = os.open(out_dir / MANIFEST, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def append(self, row: dict[str, Any]) -> None:
-        os.write(self.fd, (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        os.write(self.fd, (json.dumps(folder_relative(row), ensure_ascii=False) + "\n").encode("utf-8"))
 
     def close(self) -> None:
         os.close(self.fd)
@@ -328,7 +354,8 @@ def run(
     """Run the batch in this process (one of several under `accelerate launch`); `on_image(path, row)` after each
     image lands; the main process passes messages (skipped images) to `note(text)` and, with `progress`, shows
     a progress bar over its share."""
-    # 1. Read and check every line before any work.
+    # 1. Read and check every line, and the folder's name, before any work.
+    check_output_path(out_dir / MANIFEST)
     lines, invalid = read_lines(text, fmt, defaults)
     if not lines and not invalid:
         raise UsageError(f"{source} holds no prompts; give one per line (blank lines and # comments are skipped)")
@@ -344,9 +371,26 @@ def run(
     # On the CPU, accelerate forms a gloo group of the launched processes only when asked for a CPU state.
     state = PartialState(cpu=model.device.type == "cpu")
     planned = plan(lines, out_dir)
+    # One batch per folder: the main process holds it for the run; the other processes are of this same run.
+    with hold_folder(out_dir) if state.is_main_process else nullcontext():
+        return _resume_and_make(model, state, lines, planned, out_dir, overwrite, on_image, note, progress)
+
+
+def _resume_and_make(
+    model: Any,
+    state: PartialState,
+    lines: list[Line],
+    planned: list[Planned],
+    out_dir: Path,
+    overwrite: bool,
+    on_image: Callable[[Path, dict[str, Any]], None] | None,
+    note: Callable[[str], None] | None,
+    progress: bool,
+) -> BatchResult:
+    """Steps 3 to 5 of `run`, in the folder this run holds."""
     # 3. Resume: bring the folder and manifest in line with the files on disk (one process does it).
     if state.is_main_process and out_dir.exists():
-        remove_partial_files(out_dir)
+        remove_partial_files(out_dir, planned)
         if not overwrite:
             check_existing(planned)
         reconcile_manifest(out_dir, planned)
@@ -365,10 +409,11 @@ def run(
     try:
         with image_progress(progress and state.is_main_process, len(share)) as advance:
             # 5. Make, write, record.
-            for images in share_batches(share, lines[0].request.batch_size):
-                requests = [image.request for image in images]
-                for image, generated in zip(images, make_batched(model, requests), strict=True):
-                    write_atomic(image.path, encode_png(generated.image, generated.record), overwrite=True)
+            batch_size = lines[0].request.run.batch_size
+            for images in share_batches(share, batch_size):
+                recipes = [image.recipe for image in images]
+                for image, generated in zip(images, make_batched(model, recipes, batch_size), strict=True):
+                    write_atomic(image.path, encode_png(generated.image, generated.record), overwrite)
                     row = generated.result(image.path)
                     manifest.append(row)
                     made += 1

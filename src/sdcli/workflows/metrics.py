@@ -1,24 +1,22 @@
 """Measurements of generated images: diversity between seeds, and how well images follow their prompt.
 
 - `diversity`: mean pairwise RMS distance between images (pixel space, RGB in [0, 1]).
-- `named_attributes` and `judged_adherence`: for the built-in shapes model, the colour, shape and background a
-  prompt names, and whether the shapes judge sees exactly those (only the attributes the prompt names count).
+- `Judge`: what a model's own pixel judge offers (the built-in shapes model's is the module `sdcli.shapes.judge`):
+  the attributes a prompt names, and whether an image shows exactly those (only the named attributes count).
 - `clip_scores`: CLIP score (Hessel et al. 2021; 100 x the cosine similarity of image and prompt embeddings,
   floored at 0 as torchmetrics does) with a local transformers `CLIPModel` folder.
 """
 
 from __future__ import annotations
 
-import re
 from itertools import combinations
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from PIL import Image
 
 from sdcli.errors import UsageError, reason
-from sdcli.shapes.judge import judge
-from sdcli.shapes.world import BACKGROUNDS, COLOURS, SHAPES
 
 
 def diversity(images: list[Image.Image]) -> float:
@@ -28,22 +26,13 @@ def diversity(images: list[Image.Image]) -> float:
     return float(np.mean(pairs)) if pairs else 0.0
 
 
-def named_attributes(prompt: str) -> dict[str, str]:
-    """The shapes-world attributes a prompt names: {"colour": ..., "shape": ..., "background": ...}, each only if
-    named (the first word of its palette in the prompt). `a red circle on a white background` names all three."""
-    words = re.findall(r"[a-z]+", prompt.lower())
-    found: dict[str, str] = {}
-    for key, names in (("colour", COLOURS), ("shape", SHAPES), ("background", BACKGROUNDS)):
-        named = [word for word in words if word in names]
-        if named:
-            found[key] = named[0]
-    return found
+class Judge(Protocol):
+    """A model's own judge of adherence from pixels (the built-in shapes model's is the module
+    `sdcli.shapes.judge`): the attributes a prompt names, and whether an image shows exactly those."""
 
+    def named_attributes(self, prompt: str) -> dict[str, str]: ...
 
-def judged_adherence(image: Image.Image, attributes: dict[str, str]) -> bool:
-    """Whether the shapes judge sees every attribute in `attributes` in the image."""
-    verdict = judge(np.asarray(image.convert("RGB")))
-    return all(getattr(verdict, key) == value for key, value in attributes.items())
+    def judged_adherence(self, image: Image.Image, attributes: dict[str, str]) -> bool: ...
 
 
 class ClipScorer:

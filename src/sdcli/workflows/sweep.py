@@ -26,13 +26,13 @@ from sdcli.sampling.loop import StepCallback
 from sdcli.errors import UsageError
 from sdcli.engine import load_for, make_images
 from sdcli.output.metadata import encode_png
-from sdcli.workflows.metrics import ClipScorer, diversity, judged_adherence, named_attributes
+from sdcli.workflows.metrics import ClipScorer, Judge, diversity
 from sdcli.output.files import check_paths, write_atomic
-from sdcli.recipe import Request
+from sdcli.recipe import Recipe, Request
 from sdcli.output.sheets import contact_sheet, line_plot
 
 MAX_VALUES = 1000  # a range that long is a typo
-# The guidance scales a sweep's columns can be: Request field -> its name in options, files, labels and metrics.
+# The guidance scales a sweep's columns can be: Recipe field -> its name in options, files, labels and metrics.
 COLUMNS = {"cfg": "cfg", "classifier_scale": "classifier-scale"}
 
 
@@ -90,7 +90,7 @@ class Sweep:
     base: Request  # its column setting, seed and num_images are replaced per cell
     scales: tuple[float, ...]  # the columns
     seeds: tuple[int, ...]
-    axis: str | None = None  # a Request field swept as rows beside the seeds ("sampler", "neg_scale"), or none
+    axis: str | None = None  # a Recipe field swept as rows beside the seeds ("sampler", "neg_scale"), or none
     axis_values: tuple = ()
     column: str = "cfg"  # the guidance scale the columns sweep: one of COLUMNS
 
@@ -98,8 +98,8 @@ class Sweep:
         if not self.scales:
             raise UsageError(f"--{self.name} gives no guidance scales; for example --{self.name} 1,3,5,7.5")
         for value in self.axis_values if self.axis is not None else ():  # each value must make a valid request
-            replace(self.base, **{self.axis: value})
-        replace(self.base, **{self.column: self.scales[0]})
+            self.base.with_recipe(**{self.axis: value})
+        self.base.with_recipe(**{self.column: self.scales[0]})
 
     @property
     def name(self) -> str:
@@ -131,7 +131,7 @@ class Sweep:
                 runs[-1].append(seed)
             else:
                 runs.append([seed])
-        return [replace(self.base, seed=run[0], num_images=len(run), **settings) for run in runs]
+        return [replace(self.base.with_recipe(seed=run[0], **settings), num_images=len(run)) for run in runs]
 
 
 @dataclass(frozen=True)
@@ -162,19 +162,19 @@ class Summary:
 Scorer = Callable[[list[Image.Image], str], list[float]]
 
 
-def make_scorer(model_name: str, request: Request) -> tuple[str | None, Scorer | None]:
-    """Without --clip-model, adherence is measured on the built-in shapes model only: its judge, on the
-    attributes the prompt names, then those classifier guidance targets (none named: not measured). Returns (name
-    of the measure, scorer)."""
-    targets = [label for _, _, label in (item.partition("=") for item in (request.classifier or "").split(","))]
-    prompt = " ".join([request.prompt, *targets])
-    if model_name == "shapes":
-        attributes = named_attributes(prompt)
-        if attributes:
-            return "judged " + "+".join(attributes), lambda images, _: [
-                float(judged_adherence(image, attributes)) for image in images
-            ]
-    return None, None
+def make_scorer(judge: Judge | None, recipe: Recipe) -> tuple[str | None, Scorer | None]:
+    """Without --clip-model, adherence is measured by the model's own judge (the built-in shapes model has one),
+    on the attributes the prompt names, then those classifier guidance targets (none named: not measured).
+    Returns (name of the measure, scorer)."""
+    if judge is None:
+        return None, None
+    targets = [label for _, _, label in (item.partition("=") for item in (recipe.classifier or "").split(","))]
+    attributes = judge.named_attributes(" ".join([recipe.prompt, *targets]))
+    if not attributes:
+        return None, None
+    return "judged " + "+".join(attributes), lambda images, _: [
+        float(judge.judged_adherence(image, attributes)) for image in images
+    ]
 
 
 def run_sweep(
@@ -189,7 +189,7 @@ def run_sweep(
         for value in sweep.axis_values if sweep.axis is not None else (None,):
             for request in sweep.column_requests(scale, value):
                 made = list(make(request))
-                scores = scorer([image for image, _, _ in made], sweep.base.prompt) if scorer else [None] * len(made)
+                scores = scorer([image for image, _, _ in made], sweep.base.recipe.prompt) if scorer else [None] * len(made)
                 for seed, (image, seconds, payload), score in zip(request.seeds, made, scores, strict=True):
                     cell = CellResult(
                         scale=scale,
@@ -242,7 +242,7 @@ def _summary_row(sweep: Sweep, summary: Summary) -> dict:
 
 def metrics_json(sweep: Sweep, measure: str | None, cells: list[CellResult], summary: list[Summary]) -> str:
     document = {
-        "prompt": sweep.base.prompt,
+        "prompt": sweep.base.recipe.prompt,
         "adherence_measure": measure,
         "columns": sweep.column,
         "axis": sweep.axis,
@@ -298,6 +298,7 @@ def run(
     out_dir: Path,
     overwrite: bool = False,
     clip_model: Path | None = None,
+    judge: Judge | None = None,
     on_step: StepCallback | None = None,
     report: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[Path, dict | None]]:
@@ -309,7 +310,7 @@ def run(
     clip = ClipScorer(clip_model) if clip_model is not None else None
     # 2. Load the model; choose the adherence measure.
     model = load_for(sweep.base)
-    measure, scorer = ("clip score", clip) if clip else make_scorer(_model_name(model.reference), sweep.base)
+    measure, scorer = ("clip score", clip) if clip else make_scorer(judge, sweep.base.recipe)
 
     def make(request: Request) -> Iterator[tuple[Image.Image, float, object]]:
         for made in make_images(model, request, on_step):
@@ -344,7 +345,3 @@ def run(
     if report is not None:
         report(summary_table(sweep.name, measure, summary))
 
-
-def _model_name(reference: str) -> str:
-    """`shapes` for the built-in model by name, and for a folder called `shapes` (a copy of it)."""
-    return Path(reference).name
