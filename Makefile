@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch goes in first and on its own, so pip never resolves a multi-GB CUDA build here.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-slow demo bench bench-cpu bench-gpu shapes-model shapes-classifier clean
+.PHONY: install test test-slow lint docs demo bench bench-cpu bench-gpu shapes-model shapes-classifier clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,13 @@ $(VENV)/.installed: pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+lint: install  # the rules in pyproject.toml's [tool.ruff]; the README's option tables made from the CLI
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+docs: install  # rewrites the README's option tables from the commands' own options
+	$(BIN)/python -m sdcli.cli.docs README.md
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

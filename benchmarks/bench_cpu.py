@@ -20,12 +20,12 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sd15 import sd15_random  # noqa: E402
+from sd15 import sd15_random
 
-from sdcli.loading.devices import DTYPE_NAMES, cpu_has_bf16_matrix_units, resolve_dtype  # noqa: E402
-from sdcli.engine import make_images  # noqa: E402
-from sdcli.sampling.samplers import get_sampler  # noqa: E402
-from sdcli.recipe import Request  # noqa: E402
+from sdcli.engine import make_images
+from sdcli.loading.devices import DTYPE_NAMES, cpu_has_bf16_matrix_units, resolve_dtype
+from sdcli.recipe import Request
+from sdcli.sampling.samplers import get_sampler
 
 PROMPT = "a photograph of an astronaut riding a horse"
 
@@ -77,7 +77,9 @@ def main() -> None:
     print(f"cpu: {torch.backends.cpu.get_cpu_capability()}, AMX bf16: {cpu_has_bf16_matrix_units()}, "
           f"threads: {torch.get_num_threads()}")  # fmt: skip
     print(f"SD 1.5 architecture, {args.size}x{args.size}, {args.steps} steps, {request.sampler}, {args.rounds} rounds")
-    print(f"median seconds per image: sdcli defaults ({DTYPE_NAMES[dtype]}) {ours_s:.2f}, diffusers fp32 {theirs_s:.2f}")
+    print(
+        f"median seconds per image: sdcli defaults ({DTYPE_NAMES[dtype]}) {ours_s:.2f}, diffusers fp32 {theirs_s:.2f}"
+    )
     print(f"ratio sdcli defaults / diffusers fp32: {ours_s / theirs_s:.3f}")
 
 

@@ -22,11 +22,11 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sd15 import sd15_random  # noqa: E402
+from sd15 import sd15_random
 
-from sdcli.engine import make_images  # noqa: E402
-from sdcli.sampling.samplers import get_sampler  # noqa: E402
-from sdcli.recipe import Request  # noqa: E402
+from sdcli.engine import make_images
+from sdcli.recipe import Request
+from sdcli.sampling.samplers import get_sampler
 
 PROMPT = "a photograph of an astronaut riding a horse"
 TFLOP_PER_GUIDED_STEP_512 = 1.61  # per image: the U-Net at 512x512 on the conditional and unconditional batch
@@ -73,8 +73,9 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    print(f"device: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'} ({dtype}), "
-          f"{args.size}x{args.size}, {args.steps} steps, cfg 7.5, {args.sampler}, peak {peak or '?'} TFLOP/s")  # fmt: skip
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device: {name} ({dtype}), {args.size}x{args.size}, {args.steps} steps, cfg 7.5, {args.sampler}, "
+          f"peak {peak or '?'} TFLOP/s")  # fmt: skip
     modes = ["eager"] if args.no_compile else ["eager", "compiled"]
     for mode in modes:
         if mode == "compiled":
@@ -83,10 +84,10 @@ def main() -> None:
             request = Request.of(prompt=PROMPT, seed=0, steps=args.steps, sampler=args.sampler, width=args.size,
                                       height=args.size, num_images=batch, batch_size=batch)  # fmt: skip
 
-            def ours() -> None:
+            def ours(request: Request = request) -> None:
                 list(make_images(model, request))
 
-            def theirs() -> None:
+            def theirs(request: Request = request, batch: int = batch) -> None:
                 generators = [torch.Generator("cpu").manual_seed(s) for s in request.seeds]
                 pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=7.5, width=args.size, height=args.size,
                      num_images_per_prompt=batch, generator=generators)  # fmt: skip

@@ -24,14 +24,14 @@ from diffusers import StableDiffusionPipeline
 import sdcli.engine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from tiny_sd import build_tiny_sd  # noqa: E402
+from tiny_sd import build_tiny_sd
 
-from sdcli.loading.devices import resolve_device, resolve_dtype  # noqa: E402
-from sdcli.engine import make_images  # noqa: E402
-from sdcli.loading.components import load_model  # noqa: E402
-from sdcli.loading.references import resolve_model  # noqa: E402
-from sdcli.sampling.samplers import get_sampler  # noqa: E402
-from sdcli.recipe import Request  # noqa: E402
+from sdcli.engine import make_images
+from sdcli.loading.components import load_model
+from sdcli.loading.devices import resolve_device, resolve_dtype
+from sdcli.loading.references import resolve_model
+from sdcli.recipe import Request
+from sdcli.sampling.samplers import get_sampler
 
 PROMPT = "a red circle on a white background"
 
@@ -79,7 +79,7 @@ def main() -> None:
                 vae_channels=(32, 64, 64),
                 text_width=64,
                 sample_size=16,
-            )  # fmt: skip
+            )
         )
         device = resolve_device(args.device)
         dtype = resolve_dtype("auto", device)

@@ -14,11 +14,11 @@ from pathlib import Path
 import diffusers
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
+from tiny_sd import build_tiny_sdxl, save_sd_folder
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from sdcli.loading.architecture import CLIP, OPEN_CLIP, SD1, SD2, SDXL, SDXL_CLIP, SDXL_OPEN_CLIP, Family
 from sdcli.loading.single_file import clip_tokenizer, scheduler_config
-from tiny_sd import build_tiny_sdxl, save_sd_folder
 
 _RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",
            "time_emb_proj": "emb_layers.1", "conv_shortcut": "skip_connection"}  # fmt: skip
@@ -183,5 +183,6 @@ def build_family_sd(folder: Path, family: Family, prediction_type: str = "epsilo
     )
     config = dict(scheduler_config(family, prediction_type))
     scheduler = getattr(diffusers, "DDIMScheduler" if sd2 else "PNDMScheduler").from_config(config)
-    return save_sd_folder(folder, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                          scheduler=scheduler)
+    return save_sd_folder(
+        folder, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
+    )

@@ -92,7 +92,9 @@ def test_a_size_that_is_not_a_multiple_of_the_latent_scale(tiny_model: Path, out
 
 @pytest.mark.parametrize("steps", ["0", "-3"])
 def test_steps_below_one(tiny_model: Path, out: Path, steps: str):
-    refused(generate("a cat", "-m", str(tiny_model), "--steps", steps, "--out-dir", str(out)), 2, "--steps", "from 1 to")
+    refused(
+        generate("a cat", "-m", str(tiny_model), "--steps", steps, "--out-dir", str(out)), 2, "--steps", "from 1 to"
+    )
 
 
 def test_an_unknown_sampler_lists_the_valid_ones(tiny_model: Path, out: Path):

@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny_sd import make_request
 from typer.testing import CliRunner
 
-from sdcli.workflows.batch import Line, plan, read_lines, share_batches
 from sdcli.cli import app
-from tiny_sd import make_request
+from sdcli.workflows.batch import Line, plan, read_lines, share_batches
 
 FAST = ["--steps", "2", "--sampler", "euler"]
 DEFAULTS = {"model": "m", "seed": 0, "cfg": 7.5}
@@ -72,8 +72,10 @@ def test_csv_with_a_header_typed_by_the_settings():
 
 
 def test_invalid_lines_are_reported_with_their_numbers():
-    text = '{"prompt": "ok"}\n{"prompt": "a", \n{"prompt": "b", "colour": 1}\n{"prompt": "c", "cfg": "high"}\n' \
-           '["x"]\n{"neg": "no prompt"}\n{"prompt": "d", "model": "other"}\n{"prompt": "e", "steps": 0}\n'
+    text = (
+        '{"prompt": "ok"}\n{"prompt": "a", \n{"prompt": "b", "colour": 1}\n{"prompt": "c", "cfg": "high"}\n'
+        '["x"]\n{"neg": "no prompt"}\n{"prompt": "d", "model": "other"}\n{"prompt": "e", "steps": 0}\n'
+    )
     lines, invalid = read_lines(text, "jsonl", DEFAULTS)
     assert [line.number for line in lines] == [1]
     problems = {bad.number: bad.problem for bad in invalid}
@@ -116,13 +118,14 @@ def test_batch_writes_images_and_a_manifest_then_resumes(tiny_model: Path, tmp_p
              "00003-001-1-a-blue-square.png"]  # fmt: skip
     assert [Path(r["path"]).name for r in rows] == names
     assert sorted(p.name for p in out.iterdir()) == sorted([*names, "manifest.jsonl"])
-    assert manifest(out) == rows  # the same JSON as --json, one line per image
+    in_folder = [{**row, "path": Path(row["path"]).name} for row in rows]
+    assert manifest(out) == in_folder  # the JSON of --json, one line per image, its path relative to the folder
     made = images(out)
     # A rerun of the same file skips everything.
     again = run("batch", str(prompts), "-m", str(tiny_model), *FAST, "-n", "2", "--out-dir", str(out))
     assert again.exit_code == 0 and again.stdout == ""
     assert "skipped 4 of 4" in again.stderr
-    assert images(out) == made and manifest(out) == rows
+    assert images(out) == made and manifest(out) == in_folder
     # Deleting an image and asking for 3 per line: only the missing ones are made.
     (out / names[1]).unlink()
     more = run("batch", str(prompts), "-m", str(tiny_model), *FAST, "-n", "3", "--out-dir", str(out))

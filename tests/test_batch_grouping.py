@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_sd import make_request
 from typer.testing import CliRunner
 
 import sdcli.engine
-from sdcli.workflows.batch import Line, plan, share_batches
 from sdcli.cli import app
 from sdcli.engine import make_batched
 from sdcli.loading.components import Model
-from tiny_sd import make_request
+from sdcli.workflows.batch import Line, plan, share_batches
 
 FAST = {"steps": 2, "sampler": "euler", "cfg": 7.5}
 # Latents of |x| up to ~6: a batch of another size rounds float32 differently (~1e-5 seen), as --batch-size always
@@ -105,13 +105,10 @@ def test_a_mixed_batch_makes_each_image_as_alone(loaded: Model, unet_calls: list
     ]
     mixed = list(make_batched(loaded, requests, 4))
     assert unet_calls == [4 * 2] * 2  # one call per step: 4 images x (negative, prompt)
-    together = list(images_of(latents))
     alone = []
     for request in requests:
-        latents.clear()
         (made,) = make_batched(loaded, [request])
         alone.append(made)
-        (row,) = images_of(latents)
     assert all(close_pixels(m.image, a.image) for m, a in zip(mixed, alone, strict=True))
     assert [(m.record.prompt, m.record.negative_prompt, m.record.seed) for m in mixed] == [
         (r.prompt, r.negative_prompt, r.seed) for r in requests

@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_sd import make_request
 from typer.testing import CliRunner
 
+from sdcli.cli import app
+from sdcli.engine import make_images
+from sdcli.errors import UsageError
 from sdcli.guidance.classifier import (
     NoisyClassifier,
     classifier_guidance,
@@ -22,14 +26,10 @@ from sdcli.guidance.classifier import (
     log_prob_gradient,
     parse_targets,
 )
-from sdcli.cli import app
-from sdcli.errors import UsageError
-from sdcli.engine import make_images
-from sdcli.sampling.loop import sigma_of_timestep
 from sdcli.loading.components import Model, load_model
 from sdcli.loading.references import resolve_model
+from sdcli.sampling.loop import sigma_of_timestep
 from sdcli.shapes.judge import judge
-from tiny_sd import make_request
 
 HEADS = {"color": ["red", "green", "blue"], "shape": ["circle", "square"]}
 FAST = {"steps": 3, "sampler": "euler", "seed": 7, "width": 16, "height": 16}

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from sdcli.loading import references
 from sdcli.cli import app
+from sdcli.loading import references
 from sdcli.output.metadata import settings_from_png
 
 FAST = ["--steps", "2", "--sampler", "euler"]

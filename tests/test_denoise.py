@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from sdcli.sampling.loop import denoise, initial_noise
 from sdcli.loading.components import Model
+from sdcli.sampling.loop import Schedule, build_scheduler, denoise, initial_noise
 from sdcli.sampling.samplers import get_sampler
-from sdcli.sampling.loop import Schedule, build_scheduler
 
 CPU = torch.device("cpu")
 

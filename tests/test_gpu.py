@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_sd import make_request
 
-from sdcli.loading.devices import resolve_device, resolve_dtype
 from sdcli.engine import make_images
 from sdcli.loading.components import Model, load_model
+from sdcli.loading.devices import resolve_device, resolve_dtype
 from sdcli.loading.references import resolve_model
-from tiny_sd import make_request
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+from tiny_sd import make_request
 
 from sdcli.engine import make_images
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
-
-from sdcli.text.conditioning import Conditioning
 from sdcli.errors import UsageError
 from sdcli.guidance.cfg import (
     CountedDenoiser,
@@ -21,11 +20,10 @@ from sdcli.guidance.cfg import (
 )
 from sdcli.guidance.context import GuidanceContext
 from sdcli.guidance.interval import guide_within, interval_sigmas, within
+from sdcli.loading.components import Model
 from sdcli.recipe import GuidanceInterval, Recipe, parse_interval
 from sdcli.sampling.loop import sigma_of_timestep
-from sdcli.text.conditioning import Branches
-from sdcli.loading.components import Model
-from tiny_sd import make_request
+from sdcli.text.conditioning import Branches, Conditioning
 
 
 def test_cfg_is_the_formula_of_ho_and_salimans():
@@ -62,7 +60,9 @@ class ToyDenoiser:
 
 def guided(model, x, t, cond, uncond, scale, negatives=(), neg_scale=None, rescale=0.0, guide_at=None):
     """The registry's CFG entry over a toy model, inside `guide_at`'s interval when given, evaluated once."""
-    recipe = Recipe(cfg=scale, neg_mode="separate" if negatives else "replace", neg_scale=neg_scale, cfg_rescale=rescale)
+    recipe = Recipe(
+        cfg=scale, neg_mode="separate" if negatives else "replace", neg_scale=neg_scale, cfg_rescale=rescale
+    )
     context = GuidanceContext(model, Branches(cond, uncond, tuple(negatives)), recipe, ALPHAS_CUMPROD, model=None)
     predict = cfg_guided(context.conditional, context)
     return (predict if guide_at is None else within(predict, context.conditional, guide_at))(x, t)
@@ -158,7 +158,7 @@ def test_rescale_works_per_image_and_matches_diffusers_to_the_bit():
 
 
 def test_guided_rescales_only_when_asked():
-    model = lambda x, t, cond: x * cond.context.mean(dim=(1, 2)).view(-1, 1, 1, 1)  # noqa: E731
+    model = lambda x, t, cond: x * cond.context.mean(dim=(1, 2)).view(-1, 1, 1, 1)
     x = torch.randn(1, 4, 3, 3, generator=torch.Generator().manual_seed(3))
     cond, uncond = Conditioning(torch.full((1, 2, 2), 2.0)), Conditioning(torch.full((1, 2, 2), 0.5))
     plain = guided(model, x, torch.tensor(1.0), cond, uncond, 7.5)

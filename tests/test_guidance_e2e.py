@@ -14,15 +14,14 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
+from tiny_sd import make_request
 from typer.testing import CliRunner
 
 from sdcli.cli import app
 from sdcli.engine import Generated, make_images
-from sdcli.sampling.loop import sigma_of_timestep
 from sdcli.loading.components import Model
+from sdcli.sampling.loop import Schedule, build_scheduler, sigma_of_timestep
 from sdcli.sampling.samplers import get_sampler
-from sdcli.sampling.loop import Schedule, build_scheduler
-from tiny_sd import make_request
 
 PROMPT = "a red circle on a white background"
 FAST = {"steps": 3, "sampler": "euler", "seed": 7, "width": 16, "height": 16}
@@ -92,7 +91,9 @@ class Pipe:
 
     def image(self, sampler: str, guidance_rescale: float) -> np.ndarray:
         entry = get_sampler(sampler)
-        self.pipe.scheduler = getattr(diffusers, entry.scheduler).from_config(self.pipe.scheduler.config, **entry.settings)
+        self.pipe.scheduler = getattr(diffusers, entry.scheduler).from_config(
+            self.pipe.scheduler.config, **entry.settings
+        )
         image = self.pipe(
             PROMPT,
             negative_prompt="blue square",

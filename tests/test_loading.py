@@ -8,15 +8,15 @@ from pathlib import Path
 import huggingface_hub.constants
 import pytest
 import torch
-
-from sdcli.loading import references
-from sdcli.loading.devices import resolve_device, resolve_dtype
-from sdcli.errors import UsageError
-from sdcli.engine import make_images
-from sdcli.loading.geometry import check_size, latent_scale, native_size
-from sdcli.loading.components import Model, load_model
-from sdcli.loading.references import resolve_model
 from tiny_sd import make_request
+
+from sdcli.engine import make_images
+from sdcli.errors import UsageError
+from sdcli.loading import references
+from sdcli.loading.components import Model, load_model
+from sdcli.loading.devices import resolve_device, resolve_dtype
+from sdcli.loading.geometry import check_size, latent_scale, native_size
+from sdcli.loading.references import resolve_model
 
 
 def test_latent_geometry_comes_from_the_configs(loaded: Model):

@@ -13,7 +13,14 @@ from typer.testing import CliRunner
 import sdcli
 from sdcli.cli import app
 from sdcli.errors import UsageError
-from sdcli.output.metadata import encode_png, infotext, parse_infotext, read_chunks, settings_from_infotext, settings_from_png
+from sdcli.output.metadata import (
+    encode_png,
+    infotext,
+    parse_infotext,
+    read_chunks,
+    settings_from_infotext,
+    settings_from_png,
+)
 from sdcli.recipe import ImageRecord, Request
 
 RECORD = ImageRecord(

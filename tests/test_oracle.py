@@ -17,13 +17,13 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
+from tiny_sd import make_request
 from typer.testing import CliRunner
 
 from sdcli.cli import app
 from sdcli.engine import make_images
 from sdcli.loading.components import Model
 from sdcli.sampling.samplers import SAMPLERS, get_sampler
-from tiny_sd import make_request
 
 TOLERANCE = 2  # in 8-bit levels
 STEPS = 4

@@ -7,12 +7,11 @@ import stat
 from pathlib import Path
 
 import pytest
-
-from sdcli.output import files as outputs
-from sdcli.errors import Failure, UsageError
-from sdcli.output.files import image_name, plan_paths, write_atomic
-from sdcli.output.files import Output
 from tiny_sd import make_request
+
+from sdcli.errors import Failure, UsageError
+from sdcli.output import files as outputs
+from sdcli.output.files import Output, image_name, plan_paths, write_atomic
 
 
 def test_names_come_from_seed_and_prompt():

@@ -101,3 +101,26 @@ def test_unknown_prediction_types_are_usage_errors(eps_looking: Path, beside):
     beside('parameterization: "x0"\n')
     with pytest.raises(UsageError, match=r"model\.yaml sets parameterization 'x0'"):
         load(eps_looking)
+
+
+def test_the_option_runs_the_file_as_told_and_is_recorded_and_replayed(eps_looking: Path, tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from sdcli.cli import app
+    from sdcli.output.metadata import settings_from_png
+
+    def generate(*args: str):
+        return CliRunner().invoke(app, ["generate", "a cat", "-m", str(eps_looking), "--steps", "2", "--seed", "1",
+                                        "--sampler", "euler", "--width", "64", "--height", "64", *args])  # fmt: skip
+
+    as_v, as_eps, replayed = (tmp_path / name for name in ("v.png", "eps.png", "replayed.png"))
+    assert generate("--prediction-type", "v_prediction", "-o", str(as_v)).exit_code == 0
+    assert generate("-o", str(as_eps)).exit_code == 0
+    assert settings_from_png(as_v)["prediction_type"] == "v_prediction"
+    assert settings_from_png(as_eps)["prediction_type"] is None  # as detected
+    assert as_v.read_bytes() != as_eps.read_bytes()  # the same weights read as v make another image
+    replay = CliRunner().invoke(app, ["generate", "--from", str(as_v), "-o", str(replayed)])
+    assert replay.exit_code == 0, replay.stderr
+    assert replayed.read_bytes() == as_v.read_bytes()
+    refused = generate("--prediction-type", "x0", "-o", str(tmp_path / "x.png"))
+    assert refused.exit_code == 2 and "--prediction-type" in refused.stderr

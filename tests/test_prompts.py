@@ -87,9 +87,7 @@ def test_dropped_tokens_counts_what_does_not_fit(loaded: Model):
     assert dropped_tokens(loaded.tokenizer, "red " * 100) == 25
 
 
-def test_without_long_prompts_an_over_long_prompt_warns_with_the_count(
-    loaded: Model, caplog: pytest.LogCaptureFixture
-):
+def test_without_long_prompts_an_over_long_prompt_warns_with_the_count(loaded: Model, caplog: pytest.LogCaptureFixture):
     encode(loaded, "red " * 80, label="negative prompt", long_prompts=False)
     assert (
         "the negative prompt is longer than the text encoder's 77 tokens: its last 5 tokens were dropped" in caplog.text

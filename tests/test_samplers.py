@@ -9,12 +9,11 @@ import torch
 from typer.testing import CliRunner
 
 from sdcli.cli import app
-from sdcli.recipe import Recipe, declared
-from sdcli.sampling.loop import denoise, initial_noise
 from sdcli.errors import UsageError
 from sdcli.loading.components import Model
+from sdcli.recipe import Recipe, declared
+from sdcli.sampling.loop import Schedule, build_scheduler, denoise, initial_noise
 from sdcli.sampling.samplers import NAMES, SAMPLERS, from_a1111_name, get_sampler
-from sdcli.sampling.loop import Schedule, build_scheduler
 
 # The table of the core issue: name, AUTOMATIC1111 name, diffusers scheduler, settings that must hold.
 TABLE = [

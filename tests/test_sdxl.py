@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 from sdcli.cli import app
 from sdcli.engine import make_images
 from sdcli.loading.components import Model, load_model
-from sdcli.text.prompts import encode_prompt
 from sdcli.loading.references import resolve_model
+from sdcli.text.prompts import encode_prompt
 
 CPU = torch.device("cpu")
 SAMPLERS = ["euler", "euler-a", "dpm++2m-karras", "ddim"]
@@ -132,7 +132,9 @@ def test_every_branch_gets_its_pooled_embedding_and_the_size_in_one_unet_call(mo
     assert added["text_embeds"].shape == (6, 32)
     assert torch.equal(added["text_embeds"][:2], torch.zeros(2, 32))  # the empty prompt, zeroed
     assert torch.equal(added["time_ids"], torch.tensor([[16.0, 24, 0, 0, 16, 24]]).repeat(6, 1))  # (H, W, 0, 0, H, W)
-    one_by_one = [np.asarray(made.image) for made in make_images(model, replace(request, run=replace(request.run, batch_size=1)))]
+    one_by_one = [
+        np.asarray(made.image) for made in make_images(model, replace(request, run=replace(request.run, batch_size=1)))
+    ]
     # The same noise and conditioning per image; oneDNN may pick another convolution algorithm for another batch
     # size, which can move a value across a rounding step (seen on an AVX-512 CPU: one pixel, one level).
     for a, b in zip(batched, one_by_one, strict=True):

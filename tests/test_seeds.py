@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny_sd import make_request
 from typer.testing import CliRunner
 
 from sdcli.cli import app
-from sdcli.sampling.loop import initial_noise
 from sdcli.engine import make_images
 from sdcli.loading.components import Model
-from tiny_sd import make_request
+from sdcli.sampling.loop import initial_noise
 
 
 def pixels(model: Model, **settings) -> list[np.ndarray]:

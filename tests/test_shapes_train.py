@@ -4,13 +4,13 @@ import json
 
 import numpy as np
 import torch
+from tiny_sd import make_request
 from typer.testing import CliRunner
 
 from sdcli.cli import app
 from sdcli.engine import make_images
 from sdcli.loading.components import load_model
 from sdcli.loading.references import resolve_model
-from tiny_sd import make_request
 
 
 def test_train_shapes_saves_a_loadable_model_and_resumes(tmp_path):

@@ -6,7 +6,16 @@ import pytest
 from sdcli.shapes.judge import judge
 from sdcli.shapes.tokenizer import learn_merges, write_word_tokenizer
 from sdcli.shapes.world import (
-    BACKGROUNDS, COLOURS, IMAGE_SIZE, SHAPES, WORDS, Scene, full_captions, random_caption, random_scene, render,
+    BACKGROUNDS,
+    COLOURS,
+    IMAGE_SIZE,
+    SHAPES,
+    WORDS,
+    Scene,
+    full_captions,
+    random_caption,
+    random_scene,
+    render,
     shape_mask,
 )
 

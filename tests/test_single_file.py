@@ -26,8 +26,8 @@ from test_bad_input import refused
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 from typer.testing import CliRunner
 
-from sdcli.loading.architecture import SD1, SD2, SDXL, SDXL_CLIP, SDXL_OPEN_CLIP, detect
 from sdcli.cli import app
+from sdcli.loading.architecture import SD1, SD2, SDXL, SDXL_CLIP, SDXL_OPEN_CLIP, detect
 
 ARGS = ["a photo of a cat", "--width", "16", "--height", "16", "--steps", "2", "--seed", "7", "--dtype", "fp32"]
 
@@ -170,7 +170,8 @@ def test_an_inpainting_unet_is_named(sd1):
 SD15_UNET = dict(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
                  layers_per_block=2, sample_size=64)  # fmt: skip
 SD21_UNET = dict(block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=1024,
-                 attention_head_dim=[5, 10, 20, 20], use_linear_projection=True, layers_per_block=2, sample_size=96)  # fmt: skip
+                 attention_head_dim=[5, 10, 20, 20], use_linear_projection=True, layers_per_block=2,
+                 sample_size=96)  # fmt: skip
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
               down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)  # fmt: skip
 
@@ -228,8 +229,12 @@ def test_full_size_architectures_are_recognised_from_shapes(family):
         vae = AutoencoderKL(**SD_VAE)
         width = 768 if family is SD1 else 1024
         text = CLIPTextModel(
-            CLIPTextConfig(hidden_size=width, intermediate_size=4 * width, num_attention_heads=width // 64,
-                           num_hidden_layers=12 if family is SD1 else 23)  # fmt: skip
+            CLIPTextConfig(
+                hidden_size=width,
+                intermediate_size=4 * width,
+                num_attention_heads=width // 64,
+                num_hidden_layers=12 if family is SD1 else 23,
+            )
         )
     tensors = unet_to_ldm(unet) | vae_to_ldm(vae)
     if family is SD1:

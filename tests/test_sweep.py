@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from sdcli.cli import app
 from sdcli.errors import UsageError
-from sdcli.shapes.judge import judged_adherence, named_attributes
-from sdcli.workflows.metrics import ClipScorer, diversity
-from sdcli.shapes.world import Scene, render
 from sdcli.output.sheets import BACKGROUND, contact_sheet, line_plot, sheet_layout
+from sdcli.shapes.judge import judged_adherence, named_attributes
+from sdcli.shapes.world import Scene, render
+from sdcli.workflows.metrics import ClipScorer, diversity
 from sdcli.workflows.sweep import parse_numbers, parse_seeds
 
 FAST = ["--steps", "2", "--sampler", "euler"]

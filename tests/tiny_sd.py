@@ -66,8 +66,9 @@ def build_tiny_sd(
         steps_offset=1,
         prediction_type=prediction_type,
     )
-    return save_sd_folder(folder, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                          scheduler=scheduler)
+    return save_sd_folder(
+        folder, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler
+    )
 
 
 def _tiny_vae(channels: tuple[int, ...], sample_size: int, **config) -> AutoencoderKL:
@@ -168,8 +169,9 @@ def build_tiny_sdxl(
 
 def save_sd_folder(folder: Path, **components) -> Path:
     """Save SD components (vae, text_encoder, tokenizer, unet, scheduler) as a diffusers folder, no safety checker."""
-    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     pipe.save_pretrained(folder)
     return folder
 

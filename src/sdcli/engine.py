@@ -99,7 +99,7 @@ def load_for(request: Request) -> Model:
     folder = resolve_model(recipe.model, run.allow_pickle)
     vae = resolve_vae(recipe.vae, run.allow_pickle) if recipe.vae else None
     log.info("loading model %s on %s (%s)", folder.reference, device, DTYPE_NAMES[dtype])
-    return load_model(folder, device, dtype, run, vae)
+    return load_model(folder, device, dtype, run, vae, recipe.prediction_type)
 
 
 # 3. Encode.

@@ -30,7 +30,7 @@ DEFAULT_MODEL = "shapes"  # the built-in model, used when neither --model nor $S
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 NEG_MODES = ("replace", "separate")  # the negative prompt as the unconditional branch, or as terms of their own
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction")  # diffusers' names, as in a scheduler config
 DEFAULT_CLASSIFIER_SCALE = 10.0  # s of classifier guidance, when --classifier names targets
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 # Limits checked before any work: beyond them a run would exhaust memory or time rather than make an image.
@@ -38,6 +38,7 @@ MAX_SIDE = 16384  # pixels per side (SDXL's native side is 1024)
 MAX_STEPS = 10000
 MAX_IMAGES = 100000  # images per request
 MAX_BATCH = 1024  # images per U-Net call
+MAX_TEXT_BYTES = 8192  # per prompt or negative prompt
 
 
 # `--guidance-interval LO,HI` as typed (Kynkäänniemi et al. 2024 define the interval in noise levels sigma):
@@ -99,8 +100,19 @@ def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), f"one of {', '.join(choices)}"
 
 
+def _is_text(value: Any) -> bool:
+    """A string that is valid Unicode (undecodable bytes of argv arrive as lone surrogates), of at most
+    MAX_TEXT_BYTES (over a hundred 75-token chunks; a PNG's text chunks must hold it)."""
+    if not isinstance(value, str):
+        return False
+    try:
+        return len(value.encode("utf-8")) <= MAX_TEXT_BYTES
+    except UnicodeEncodeError:
+        return False
+
+
 FINITE = (_is_number, "a finite number")
-TEXT = (lambda v: isinstance(v, str), "text")
+TEXT = (_is_text, f"valid UTF-8 text of at most {MAX_TEXT_BYTES:,} bytes")
 NAME = (lambda v: isinstance(v, str) and v != "", "a name")
 FLAG = (lambda v: isinstance(v, bool), "true or false")
 OPTIONAL = {"check": None}  # a setting whose None means "not set" (checked only when set)
@@ -139,6 +151,9 @@ class Setting:
         return f"{flag} must be {self.expect}, not {value!r}{example}"
 
     def flag(self, name: str) -> str:
+        """How an error names the setting: its last flag, else --<name>; a setting without an option by name."""
+        if self.flags is None:
+            return f"the {name.replace('_', ' ')}"
         return self.flags[-1] if self.flags else f"--{name.replace('_', '-')}"
 
 
@@ -188,89 +203,151 @@ class Recipe:
 
     prompt: str = setting("", "The prompt; - reads it from stdin.", TEXT, flags=None)
     negative_prompt: str = setting(
-        "", "Negative prompt. replace mode: the unconditional branch; separate mode: a term of its own, and --neg "
-        "may be given several times.", TEXT, flags=("--neg",), repeats="extra_negative_prompts", show_default="empty",
-    )  # fmt: skip
-    steps: int = setting(30, "Denoising steps.", _whole(1, MAX_STEPS), infotext=Infotext("Steps"))
+        "",
+        "Negative prompt: in replace mode it replaces the empty prompt as the unconditional branch; in separate "
+        "mode it is a term of its own, and --neg may be repeated.",
+        TEXT,
+        flags=("--neg",),
+        repeats="extra_negative_prompts",
+        show_default="empty",
+    )
+    steps: int = setting(30, "Inference steps.", _whole(1, MAX_STEPS), infotext=Infotext("Steps"))
     sampler: str = setting(
-        "dpm++2m-karras", "Sampler (see `sdcli samplers`).", (_check_sampler, "a sampler's name"), metavar="NAME",
+        "dpm++2m-karras",
+        "One of `sdcli samplers`.",
+        (_check_sampler, "a sampler's name"),
+        metavar="NAME",
         choices=SAMPLER_NAMES,
         infotext=Infotext(
             "Sampler",
             lambda record: get_sampler(record.sampler).a1111_name,
             lambda text: {"sampler": from_a1111_name(text).name},
         ),
-    )  # fmt: skip
+    )
     cfg: float = setting(
-        7.5, "Guidance scale w.", FINITE, example="7.5", infotext=Infotext("CFG scale", lambda r: float(r.cfg))
+        7.5,
+        "Guidance scale w (1: the conditional model only, one U-Net pass; 0: the unconditional model).",
+        FINITE,
+        example="7.5",
+        infotext=Infotext("CFG scale", lambda r: float(r.cfg)),
     )
     seed: int = setting(
-        0, "Seed of the first image; image i uses seed+i.", _whole(0, MAX_SEED), show_default="random",
+        0,
+        "Seed of the first image; image i uses seed + i (always recorded).",
+        _whole(0, MAX_SEED),
+        show_default="random",
         infotext=Infotext("Seed"),
-    )  # fmt: skip
+    )
     width: int | None = setting(
-        None, "Width in pixels.", _whole(1, MAX_SIDE), show_default="the model's",
+        None,
+        "Width in pixels, a multiple of the model's latent scale (8 for SD).",
+        _whole(1, MAX_SIDE),
+        show_default="the model's",
         infotext=Infotext("Size", lambda record: f"{record.width}x{record.height}", _size),
-    )  # fmt: skip
-    height: int | None = setting(None, "Height in pixels.", _whole(1, MAX_SIDE), show_default="the model's")
+    )
+    height: int | None = setting(
+        None,
+        "Height in pixels, a multiple of the model's latent scale.",
+        _whole(1, MAX_SIDE),
+        show_default="the model's",
+    )
     model: str = setting(
-        DEFAULT_MODEL, "Diffusers folder, single .safetensors file, Hugging Face repo id, or built-in model name.",
-        NAME, flags=("-m", "--model"), show_default=f"$SDCLI_MODEL, else {DEFAULT_MODEL}", loads=True,
+        DEFAULT_MODEL,
+        "A diffusers folder, a single .safetensors file, a Hugging Face repo id, or a built-in model's name.",
+        NAME,
+        flags=("-m", "--model"),
+        show_default=f"$SDCLI_MODEL, else {DEFAULT_MODEL}",
+        loads=True,
         infotext=Infotext("Model", lambda record: record.model_name, lambda text: {"model": text}),
-    )  # fmt: skip
+    )
     vae: str | None = setting(
-        None, "Another VAE: an original-layout .safetensors file or a diffusers folder.", NAME, show_default="the "
-        "model's", loads=True, path=True,
-    )  # fmt: skip
+        None,
+        "Another VAE: an original-layout .safetensors file, a diffusers VAE folder, or a model folder.",
+        NAME,
+        show_default="the model's",
+        loads=True,
+        path=True,
+    )
     prediction_type: str | None = setting(
-        None, "What the model predicts, for a single file whose weights do not say (a fine-tune, a merge); a "
+        None,
+        "What the model predicts, for a single file whose weights do not say (a fine-tune, a merge); a "
         '.yaml beside it with parameterization: "v" says v_prediction, as AUTOMATIC1111 reads it.',
-        _one_of(PREDICTION_TYPES), choices=PREDICTION_TYPES, show_default="as detected", loads=True,
-    )  # fmt: skip
+        _one_of(PREDICTION_TYPES),
+        choices=PREDICTION_TYPES,
+        show_default="as detected",
+        loads=True,
+    )
     # Guidance beyond plain CFG (sdcli.guidance) and prompt encoding (sdcli.text).
     extra_negative_prompts: tuple[str, ...] = setting(
         (), "Negative prompts after the first (separate mode).", flags=None
     )
     neg_mode: str = setting(
-        "replace", "replace: the negative prompt is the unconditional branch; separate: eps_empty + w (eps_pos - "
-        "eps_empty) - w_neg (eps_neg - eps_empty) for each --neg.", _one_of(NEG_MODES), choices=NEG_MODES,
-    )  # fmt: skip
+        "replace",
+        "replace (diffusers, AUTOMATIC1111) or separate: eps_empty + w (eps_pos - eps_empty) - w_neg (eps_neg "
+        "- eps_empty) for each --neg, all branches in one batched U-Net call.",
+        _one_of(NEG_MODES),
+        choices=NEG_MODES,
+    )
     neg_scale: float | None = setting(
-        None, "w_neg of each negative (separate mode).", FINITE, example="4", show_default="--cfg"
+        None,
+        "w_neg of each negative, separate mode only; 0 gives bit for bit the image with no negative prompt.",
+        FINITE,
+        example="4",
+        show_default="--cfg",
     )
     cfg_rescale: float = setting(
-        0.0, "CFG rescale phi, 0 to 1 (Lin et al. 2023); 0.7 is typical for v-prediction models.",
-        (lambda v: _is_number(v) and 0 <= v <= 1, "a number from 0 to 1"), example="0.7", metavar="PHI",
+        0.0,
+        "CFG rescale (Lin et al. 2023, eq. 15-16), 0 to 1: the guided prediction (eps or v) rescaled to the "
+        "conditional one's standard deviation, blended by PHI; diffusers' guidance_rescale. 0.7 suits v-prediction.",
+        (lambda v: _is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
+        example="0.7",
+        metavar="PHI",
         show_default="0: off",
-    )  # fmt: skip
+    )
     guidance_interval: str | None = setting(
-        None, "Guide only while the noise level is in [LO, HI], else run the conditional pass alone (Kynkäänniemi "
-        "et al. 2024). Plain numbers are sigmas (SD runs from about 14.6 to 0.03), e.g. 0.28,5.42; percentages are "
-        "of the schedule, 0% the noisy start, e.g. 20%,80%.", (_check_interval, "LO,HI"), metavar="LO,HI",
+        None,
+        "Guide only while the noise level is in [LO, HI], else run the conditional pass alone (Kynkäänniemi "
+        "et al. 2024). Plain numbers are sigmas (an SD run goes from about 14.6 to 0.03; the paper's SD-XL interval is "
+        "0.28,5.42); percentages are of the schedule as in ComfyUI (20%,80%: p% is timestep (1 - p) x 999, 0% the "
+        "noisy start).",
+        (_check_interval, "LO,HI"),
+        metavar="LO,HI",
         show_default="every step",
-    )  # fmt: skip
+    )
     long_prompts: bool = setting(
-        True, "Encode prompts over 75 tokens in 75-token chunks; --no-long-prompts truncates them (a warning).",
-        FLAG, flags=("--long-prompts/--no-long-prompts",), show_default="long",
-    )  # fmt: skip
+        True,
+        "Encode prompts over the encoder's 77 tokens in 75-token chunks (AUTOMATIC1111); --no-long-prompts "
+        "truncates them as diffusers does, with a warning.",
+        FLAG,
+        flags=("--long-prompts/--no-long-prompts",),
+        show_default="long",
+    )
     classifier: str | None = setting(
-        None, "Classifier guidance (Dhariwal & Nichol 2021) towards these labels of the model's noise-aware "
-        "classifier, e.g. color=red,shape=circle (the built-in shapes model ships one). Works with any prompt, "
-        "the empty one included, and with --cfg.", (_check_classifier, "HEAD=LABEL pairs separated by commas"),
-        example="color=red,shape=circle", metavar="HEAD=LABEL,...", show_default="off",
-    )  # fmt: skip
+        None,
+        "Classifier guidance (Dhariwal & Nichol 2021) towards these labels of the model's noise-aware "
+        "classifier, e.g. color=red,shape=circle: eps - s sqrt(1 - alphabar_t) grad log p(y | x_t, t) at every "
+        "step, after CFG; any prompt, the empty one included; every sampler; epsilon-prediction models that ship "
+        "a classifier/ (the built-in shapes does).",
+        (_check_classifier, "HEAD=LABEL pairs separated by commas"),
+        example="color=red,shape=circle",
+        metavar="HEAD=LABEL,...",
+        show_default="off",
+    )
     classifier_scale: float | None = setting(
-        None, "Classifier guidance scale s: eps - s sqrt(1 - alphabar_t) grad log p(y | x_t).", FINITE,
-        example=f"{DEFAULT_CLASSIFIER_SCALE:g}", metavar="S", show_default=f"{DEFAULT_CLASSIFIER_SCALE:g} with "
-        "--classifier",
-    )  # fmt: skip
+        None,
+        "The classifier guidance scale s; 0 gives bit for bit the unguided image.",
+        FINITE,
+        example=f"{DEFAULT_CLASSIFIER_SCALE:g}",
+        metavar="S",
+        show_default=f"{DEFAULT_CLASSIFIER_SCALE:g} with --classifier",
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.extra_negative_prompts, list):  # JSON gives lists
             object.__setattr__(self, "extra_negative_prompts", tuple(self.extra_negative_prompts))
         negatives = self.extra_negative_prompts
-        if not (isinstance(negatives, tuple) and all(isinstance(n, str) for n in negatives)):
-            raise UsageError("--neg must be text")
+        if not (isinstance(negatives, tuple) and all(_is_text(n) for n in negatives)):
+            raise UsageError(f"--neg must be valid UTF-8 text of at most {MAX_TEXT_BYTES:,} bytes")
         check_settings(self)
         if self.neg_mode == "replace":
             if negatives:
@@ -341,19 +418,39 @@ class Run:
     device and dtype (which the record keeps)."""
 
     device: str = setting(
-        "auto", "Device; auto: CUDA if present, else CPU.", _one_of(DEVICES), choices=DEVICES, per_line=False
+        "auto",
+        "auto is CUDA when present (this process's GPU under accelerate launch), else the CPU.",
+        _one_of(DEVICES),
+        choices=DEVICES,
+        per_line=False,
     )
     dtype: str = setting(
-        "auto", "Weights' dtype; auto: fp16 on a GPU, bf16 on a CPU with bf16 matrix units (AMX), else fp32.",
-        _one_of(DTYPES), choices=DTYPES, per_line=False,
-    )  # fmt: skip
-    batch_size: int = setting(1, "Images per U-Net call.", _whole(1, MAX_BATCH), per_line=False)
-    allow_pickle: bool = setting(
-        False, "Load .ckpt/.pt/.bin files (torch.load, weights_only=True).", FLAG, per_line=False
+        "auto",
+        "The weights' dtype; auto is fp16 on a GPU, bf16 on a CPU with bf16 matrix units (AMX), else fp32 "
+        "($SDCLI_CPU_BF16=1 or 0 overrides the CPU's answer).",
+        _one_of(DTYPES),
+        choices=DTYPES,
+        per_line=False,
     )
-    vae_tiling: bool = setting(False, "Decode in tiles (large images, small GPUs).", FLAG, per_line=False)
-    offload: bool = setting(False, "Keep idle components in CPU memory (accelerate; small GPUs).", FLAG, per_line=False)
-    compile: bool = setting(False, "torch.compile the U-Net (slow first image, faster after).", FLAG, per_line=False)
+    batch_size: int = setting(
+        1,
+        "Images per U-Net call: the same images, at most a rounding step apart where the CPU's oneDNN "
+        "convolutions pick another algorithm for another batch size.",
+        _whole(1, MAX_BATCH),
+        per_line=False,
+    )
+    allow_pickle: bool = setting(
+        False, "Load .ckpt/.pt/.bin checkpoints (tensors only: torch.load(weights_only=True)).", FLAG, per_line=False
+    )
+    vae_tiling: bool = setting(
+        False, "Decode in tiles (also chosen by itself when a GPU would not hold the decode).", FLAG, per_line=False
+    )
+    offload: bool = setting(
+        False, "Keep idle components in CPU memory (accelerate), for small GPUs; CUDA only.", FLAG, per_line=False
+    )
+    compile: bool = setting(
+        False, "torch.compile the U-Net (the first image of each size pays the compilation).", FLAG, per_line=False
+    )
 
     def __post_init__(self) -> None:
         check_settings(self)
@@ -370,8 +467,9 @@ class Request:
     def __post_init__(self) -> None:
         check_settings(self)
         if self.recipe.seed + self.num_images - 1 > MAX_SEED:
-            raise UsageError(f"--seed must be a whole number from 0 to {MAX_SEED - self.num_images + 1}, not "
-                             f"{self.recipe.seed!r}")  # fmt: skip
+            raise UsageError(
+                f"--seed must be a whole number from 0 to {MAX_SEED - self.num_images + 1}, not {self.recipe.seed!r}"
+            )
 
     @property
     def seeds(self) -> list[int]:
@@ -399,7 +497,9 @@ class Request:
 
 # Every declared setting: name -> the dataclass that holds it.
 KIND_OF: dict[str, type] = {f.name: cls for cls in (Recipe, Request, Run) for f, _ in declared(cls)}
-SETTINGS: dict[str, tuple[Field, Setting]] = {f.name: (f, spec) for cls in (Recipe, Request, Run) for f, spec in declared(cls)}
+SETTINGS: dict[str, tuple[Field, Setting]] = {
+    f.name: (f, spec) for cls in (Recipe, Request, Run) for f, spec in declared(cls)
+}
 
 
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")

@@ -53,7 +53,7 @@ class OneLineErrors(TyperGroup):
         except SdcliError as error:
             error_line(str(error))
             code = error.exit_code
-        except Exception as error:  # noqa: BLE001 - a bug or an unforeseen failure: still one line, unless debugging
+        except Exception as error:
             if os.environ.get(DEBUG_ENV):
                 raise
             error_line(f"unexpected {type(error).__name__}: {reason(error)} (set {DEBUG_ENV}=1 to see where)")
@@ -68,6 +68,7 @@ class OneLineErrors(TyperGroup):
 
 app = typer.Typer(
     cls=OneLineErrors,
+    rich_markup_mode=None,  # click's plain help: rich's formatting would triple `sdcli --help`'s start-up time
     help="Text to image from the command line, with a hand-written Stable Diffusion loop.",
     invoke_without_command=True,
     add_completion=False,
@@ -106,7 +107,9 @@ def _read_prompt(prompt: str | None) -> str | None:
         try:
             prompt = data.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError:
-            raise UsageError("the prompt on stdin is not UTF-8 text; pipe UTF-8 text, or give the prompt as PROMPT") from None
+            raise UsageError(
+                "the prompt on stdin is not UTF-8 text; pipe UTF-8 text, or give the prompt as PROMPT"
+            ) from None
         if not data:
             raise UsageError("PROMPT is - but stdin is empty; pipe a prompt in, or give it as PROMPT ('' for none)")
     return prompt
@@ -235,10 +238,14 @@ def train_shapes(
         Path, typer.Option(help="Checkpoints and snapshots; a rerun with the same folder continues from them.")
     ] = Path("runs/shapes"),
     vae_steps: Annotated[int | None, typer.Option(help="VAE training steps (default: the recipe's).")] = None,
-    unet_steps: Annotated[int | None, typer.Option(help="U-Net and text encoder steps (default: the recipe's).")] = None,
+    unet_steps: Annotated[
+        int | None, typer.Option(help="U-Net and text encoder steps (default: the recipe's).")
+    ] = None,
     vae_batch: Annotated[int | None, typer.Option(help="VAE batch size (default: the recipe's).")] = None,
     unet_batch: Annotated[int | None, typer.Option(help="U-Net batch size (default: the recipe's).")] = None,
-    scenes: Annotated[int | None, typer.Option(help="Scenes encoded once for the U-Net (default: the recipe's).")] = None,
+    scenes: Annotated[
+        int | None, typer.Option(help="Scenes encoded once for the U-Net (default: the recipe's).")
+    ] = None,
 ) -> None:
     """Train the built-in shapes model from nothing (data generated on the fly; progress and losses on stderr). Runs on
     CUDA when there is one, else on the CPU."""
@@ -269,17 +276,22 @@ def sweep_guidance(
     prompt: Annotated[str, typer.Argument(help="The prompt; - reads it from stdin.", show_default=False)],
     cfg: Annotated[
         str | None,
-        typer.Option("--cfg", help="Guidance scales (columns): a list 1,3,7.5 or a range start:stop:step; one "
-                     "scale when the columns are --classifier-scale.", show_default="1,3,5,7.5,10"),
+        typer.Option(
+            "--cfg",
+            help="Guidance scales (columns): a list 1,3,7.5 or a range start:stop:step; one "
+            "scale when the columns are --classifier-scale.",
+            show_default="1,3,5,7.5,10",
+        ),
     ] = None,
-    seeds: Annotated[
-        str, typer.Option(help="Seeds (rows): a count N (--seed .. --seed+N-1) or a list 1,5,9.")
-    ] = "4",
+    seeds: Annotated[str, typer.Option(help="Seeds (rows): a count N (--seed .. --seed+N-1) or a list 1,5,9.")] = "4",
     seed: Annotated[int | None, typer.Option(help="First seed for a count of --seeds.", show_default="random")] = None,
     sampler: Annotated[
         str | None,
-        typer.Option(metavar="NAME[,NAME...]", help="Sampler; several names: a second axis, as rows.",
-                     show_default=Recipe.sampler),
+        typer.Option(
+            metavar="NAME[,NAME...]",
+            help="Sampler; several names: a second axis, as rows.",
+            show_default=Recipe.sampler,
+        ),
     ] = None,
     neg_scale: Annotated[
         str | None,
@@ -287,8 +299,12 @@ def sweep_guidance(
     ] = None,
     classifier_scale: Annotated[
         str | None,
-        typer.Option(metavar="S,S,...", help="Classifier guidance scales (with --classifier) as the columns, in "
-                     "place of --cfg's: a list or a range.", show_default=False),
+        typer.Option(
+            metavar="S,S,...",
+            help="Classifier guidance scales (with --classifier) as the columns, in "
+            "place of --cfg's: a list or a range.",
+            show_default=False,
+        ),
     ] = None,
     clip_model: Annotated[
         Path | None, typer.Option(help="A local CLIP model folder (transformers CLIPModel) for CLIP scores.")

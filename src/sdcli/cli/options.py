@@ -51,12 +51,14 @@ def _parameter(f: Field, spec: Setting) -> inspect.Parameter:
     )
     kind = bool if flag else _option_type(f, spec) | None
     default = False if flag else None
-    return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option])
+    return inspect.Parameter(
+        f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Annotated[kind, option]
+    )
 
 
 def _settings(f: Field, spec: Setting, value: Any) -> dict[str, Any]:
     """The settings an option's parsed value gives (none when the option was not given)."""
-    if value is None or value is False and _is_flag(f, spec):
+    if value is None or (value is False and _is_flag(f, spec)):
         return {}
     if isinstance(value, enum.Enum):
         return {f.name: value.value}

@@ -56,7 +56,9 @@ class NoisyClassifier(ModelMixin, ConfigMixin):
         for i, out in enumerate(block_out_channels):
             if i > 0:
                 blocks.append(Downsample2D(width, use_conv=True, name="op"))
-            blocks.append(ResnetBlock2D(in_channels=width, out_channels=out, temb_channels=temb, groups=norm_num_groups))
+            blocks.append(
+                ResnetBlock2D(in_channels=width, out_channels=out, temb_channels=temb, groups=norm_num_groups)
+            )
             width = out
         self.blocks = nn.ModuleList(blocks)
         self.norm_out = nn.GroupNorm(norm_num_groups, width)
@@ -140,7 +142,9 @@ def classifier_for(model: Model, targets: str) -> tuple[NoisyClassifier, dict[st
     """The model's noise-aware classifier (loaded on first use) and the targets as {head: class index}."""
     prediction_type = model.scheduler_config.get("prediction_type", "epsilon")
     if prediction_type != "epsilon":
-        raise UsageError(f"--classifier needs an epsilon-prediction model; {model.reference} predicts {prediction_type}")
+        raise UsageError(
+            f"--classifier needs an epsilon-prediction model; {model.reference} predicts {prediction_type}"
+        )
     if model.classifier is None:
         found = resolve_model(model.reference)
         if not isinstance(found, ModelFolder):

@@ -4,6 +4,7 @@ each branch, the recipe's guidance settings and the model's training schedule.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from sdcli.loading.components import Model

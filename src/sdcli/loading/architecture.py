@@ -198,7 +198,11 @@ def _is_v_prediction(tensors: Shapes, family: Family) -> bool:
         return True
     if family is not SD2:
         return False
-    probes = [k for k in tensors if re.fullmatch(re.escape(UNET) + r"output_blocks\.\d+\.1\.transformer_blocks\.0\.norm1\.bias", k)]
+    probes = [
+        k
+        for k in tensors
+        if re.fullmatch(re.escape(UNET) + r"output_blocks\.\d+\.1\.transformer_blocks\.0\.norm1\.bias", k)
+    ]
     if not probes:
         return False
     last = max(probes, key=lambda k: int(k.split(".")[3]))  # output_blocks.11.1... in SD 2.x

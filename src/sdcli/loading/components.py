@@ -26,13 +26,12 @@ import transformers
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from sdcli.errors import Failure, UsageError, reason
 from sdcli.loading.architecture import SD1, SDXL, VAE, VAE_SCALING_FACTOR, describe, detect, family_of, vae_config
 from sdcli.loading.checkpoints import read_checkpoint
-from sdcli.errors import Failure, UsageError, reason
 from sdcli.loading.geometry import latent_scale, native_size
 from sdcli.loading.prediction import check_prediction_type, declared_prediction_type
 from sdcli.loading.references import ModelFile, ModelFolder
-from sdcli.recipe import Run
 from sdcli.loading.single_file import (
     build_text_encoder,
     build_text_encoder_2,
@@ -41,6 +40,7 @@ from sdcli.loading.single_file import (
     clip_tokenizer,
     scheduler_config,
 )
+from sdcli.recipe import Run
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,9 @@ def _from_folder(model: ModelFolder, dtype: torch.dtype, prediction_type: str | 
     scheduler = _load(
         "scheduler",
         model,
-        lambda: getattr(diffusers, index["scheduler"][1])
-        .from_pretrained(folder, subfolder="scheduler", **declared)
-        .config,
+        lambda: (
+            getattr(diffusers, index["scheduler"][1]).from_pretrained(folder, subfolder="scheduler", **declared).config
+        ),
     )
     components = {
         "tokenizer": tokenizer,
@@ -218,10 +218,15 @@ def load_vae(
         )
     tensors = read_checkpoint(path, allow_pickle)
     prefix = VAE if any(k.startswith(VAE) for k in tensors) else ""
-    if prefix + "encoder.conv_in.weight" not in tensors or prefix + "encoder.down.0.block.0.conv1.weight" not in tensors:
-        layout = "a VAE in diffusers layout: pass its folder (with config.json) instead" if any(
-            k.startswith("encoder.down_blocks.") for k in tensors
-        ) else "not a VAE in the original layout (encoder.down.*, decoder.up.*)"
+    if (
+        prefix + "encoder.conv_in.weight" not in tensors
+        or prefix + "encoder.down.0.block.0.conv1.weight" not in tensors
+    ):
+        layout = (
+            "a VAE in diffusers layout: pass its folder (with config.json) instead"
+            if any(k.startswith("encoder.down_blocks.") for k in tensors)
+            else "not a VAE in the original layout (encoder.down.*, decoder.up.*)"
+        )
         raise UsageError(f"--vae {path} holds {describe(tensors)}; it is {layout}")
     vae = build_vae(vae_config(tensors, prefix, native, scaling_factor), tensors, str(path))
     return vae.to(vae_dtype(dtype, vae.config))

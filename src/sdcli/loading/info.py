@@ -118,4 +118,3 @@ def format_info(info: ModelInfo) -> str:
     ]
     lines += [f"{name:<13} {count:,} parameters" for name, count in info.parameters.items()]
     return "\n".join(lines)
-

@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 
 from sdcli.errors import UsageError
+from sdcli.recipe import PREDICTION_TYPES
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")  # diffusers' names, as in a scheduler config
 _PARAMETERIZATIONS = {"eps": "epsilon", "v": "v_prediction"}  # the original configs' (LDM's `parameterization`)
 # `parameterization: "v"` on a line of its own (under model.params in the original configs), quoted or not.
 _PARAMETERIZATION = re.compile(r"""^\s*parameterization\s*:\s*["']?([^"'\s#]*)["']?\s*(#.*)?$""", re.MULTILINE)
@@ -37,7 +37,7 @@ def configured_prediction_type(checkpoint: Path) -> str | None:
         return None
     if found[1] not in _PARAMETERIZATIONS:
         raise UsageError(
-            f"{config} sets parameterization {found[1]!r}; sdcli runs \"eps\" and \"v\": fix the file or move it away"
+            f'{config} sets parameterization {found[1]!r}; sdcli runs "eps" and "v": fix the file or move it away'
         )
     return _PARAMETERIZATIONS[found[1]]
 

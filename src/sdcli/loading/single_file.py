@@ -27,9 +27,9 @@ from diffusers.loaders.single_file_utils import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from sdcli.errors import Failure
 from sdcli.loading.architecture import SD2, Architecture, Family
 from sdcli.loading.checkpoints import Tensors
-from sdcli.errors import Failure
 
 CLIP_MERGES = 49152 - 256 - 2  # merges CLIP uses from its BPE file (OpenAI's `SimpleTokenizer`)
 

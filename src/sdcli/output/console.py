@@ -57,8 +57,15 @@ def _images_per_minute(speed: float | None) -> str:
 def _bar(label: str, total: int | None, speed: Callable[[float | None], str]) -> Iterator[tuple[Progress, TaskID]]:
     """A transient rich bar on stderr, and its task: label, bar, done / total, `speed(items per second)`, ETA."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn
-    from rich.progress import TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeRemainingColumn,
+    )
     from rich.text import Text
 
     class SpeedColumn(ProgressColumn):

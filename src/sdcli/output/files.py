@@ -11,11 +11,12 @@ import tempfile
 import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sdcli.errors import Failure, UsageError, reason
-from sdcli.recipe import Request
+from sdcli.output.metadata import settings_from_png
+from sdcli.recipe import Recipe, Request
 
 SLUG_LENGTH = 60
 # File systems take names of at most NAME_MAX bytes; write_atomic's temporary `.<name>.<8 random>.part` beside an
@@ -28,6 +29,12 @@ SLUG_BYTES = 180
 # Characters that would split a printed path over lines, or hide in it: control characters, line separators.
 LINE_BREAKING = ("Cc", "Zl", "Zp")
 BATCH_LOCK = ".sdcli-batch.lock"  # in a folder while a batch runs there; names its holder
+# The settings that decide an image's pixels: an image already on disk is kept by a rerun (batch, sweep) only when
+# its stored settings agree on those the recipe sets (None: the model's size, the default scale, resolved later).
+MADE_WITH = (
+    "prompt", "negative_prompt", "extra_negative_prompts", "seed", "cfg", "steps", "sampler", "neg_mode", "neg_scale",
+    "cfg_rescale", "guidance_interval", "classifier", "classifier_scale", "width", "height",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -37,7 +44,6 @@ class Output:
     file: Path | None = None  # -o: the one image goes exactly here
     out_dir: Path = Path("outputs")  # otherwise: named after seed and prompt in this folder
     overwrite: bool = False  # replace existing files instead of refusing
-
 
 
 def image_name(prompt: str, seed: int) -> str:
@@ -102,6 +108,17 @@ def check_output_path(path: Path) -> None:
         if size > limit:
             raise UsageError(f"the output name {name[:40]!r}... is {size} bytes, over the {limit}-byte limit of file "
                              "names (with room for a temporary file); give a shorter name")  # fmt: skip
+
+
+def check_made_with(path: Path, recipe: Recipe) -> None:
+    """The image at `path`, kept by a rerun, must have been made with `recipe`'s settings, or the run would mix
+    two runs' images."""
+    stored, wanted = settings_from_png(path), asdict(recipe)
+    for key in MADE_WITH:
+        want = list(wanted[key]) if isinstance(wanted.get(key), tuple) else wanted.get(key)  # as JSON stores it
+        if want is not None and key in stored and stored[key] != want:
+            raise UsageError(f"{path} exists but was made with {key} {stored[key]!r}, not {want!r}; pass --overwrite "
+                             "to remake it, or use another --out-dir")  # fmt: skip
 
 
 def _umask() -> int:

@@ -13,6 +13,13 @@ from sdcli.errors import Failure
 log = logging.getLogger(__name__)
 
 
+# What to do when the denoising overflowed, by the dtype it ran in.
+OVERFLOW_FIXES = {
+    torch.float16: "rerun with --dtype fp32 (or bf16), or lower --cfg if it is large",
+    torch.bfloat16: "lower --cfg if it is large, or rerun with --dtype fp32",
+    torch.float32: "lower --cfg (or --classifier-scale, --neg-scale): the guidance is too strong for fp32's range",
+}
+
 DECODER_BYTES_PER_PIXEL = 128 * 4 * 6  # SD's decoder at full size: 128 channels, fp32, a few live activations
 
 
@@ -39,16 +46,24 @@ def decode(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
             vae.enable_tiling()
         image = vae.decode(z, return_dict=False)[0]  # (1, 3, H, W)
         if not torch.isfinite(image).all() and vae.dtype != torch.float32:
-            log.warning("the VAE decode in %s gave NaN or inf; decoding again in fp32", str(vae.dtype).removeprefix("torch."))
+            log.warning(
+                "the VAE decode in %s gave NaN or inf; decoding again in fp32", str(vae.dtype).removeprefix("torch.")
+            )
             vae.to(torch.float32)
             image = vae.decode(one.float() / vae.config.scaling_factor, return_dict=False)[0]
         if not torch.isfinite(image).all():
-            raise Failure(
-                "the image came out NaN or inf even with an fp32 VAE decode: the denoising overflowed; "
-                "rerun with --dtype fp32 (or bf16)"
-            )
+            raise _overflowed(latents.dtype)
         images.append(image)
     return torch.cat(images)  # (B, 3, H, W)
+
+
+def _overflowed(dtype: torch.dtype) -> Failure:
+    """The failure for an image NaN or inf even when decoded in fp32: the denoising that made the latents, in
+    `dtype`, overflowed. Its fix depends on that dtype: fp16's range is small, bf16's is fp32's, and in fp32 only
+    weaker guidance helps."""
+    fix = OVERFLOW_FIXES.get(dtype, OVERFLOW_FIXES[torch.float32])
+    return Failure(f"the image came out NaN or inf even with an fp32 VAE decode: the denoising overflowed in "
+                   f"{str(dtype).removeprefix('torch.')}; {fix}")  # fmt: skip
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

@@ -33,7 +33,8 @@ INFOTEXT_KEY = "parameters"
 SDCLI_KEY = "sdcli"
 NEGATIVE_PREFIX = "Negative prompt:"
 # AUTOMATIC1111's pattern for one `Key: value` pair of the last infotext line (a value is JSON-quoted or comma-free).
-_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+# Keys are bounded in length (AUTOMATIC1111's are short): unbounded, a long last line takes quadratic time.
+_PARAM = re.compile(r'\s*(\w[\w \-/]{0,63}):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 
 
 def _quote(value: object) -> str:
@@ -110,17 +111,53 @@ def encode_png(image: Image.Image, record: ImageRecord) -> bytes:
     return buffer.getvalue()
 
 
+# The most text sdcli reads from one PNG text chunk, stored or decompressed, in bytes (characters once decoded): room
+# for a prompt of thousands of words and its negative prompt, twice over (the infotext and the JSON). A hostile chunk
+# (a decompression bomb, a prompt of megabytes) is refused before it is read, and what is read parses in a moment
+# (the infotext's settings line parses in time quadratic in its length).
+MAX_TEXT_CHUNK = 64 * 1024
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEXT_CHUNK_TYPES = (b"tEXt", b"zTXt", b"iTXt")
+
+
 def read_chunks(path: Path) -> dict[str, str]:
-    """The PNG's text chunks; a usage error if `path` is not a readable PNG."""
+    """The PNG's text chunks; a usage error if `path` is not a readable PNG, or holds a text chunk over
+    MAX_TEXT_CHUNK."""
     try:
+        _check_text_chunk_sizes(path)
         with Image.open(path) as image:
             if image.format != "PNG":
                 raise UsageError(f"{path} is a {image.format} image, not a PNG; give a PNG written by sdcli")
-            return dict(image.text)
+            chunks = dict(image.text)
     except FileNotFoundError:
         raise UsageError(f"{path} does not exist; give the path of a PNG written by sdcli") from None
-    except (UnidentifiedImageError, IsADirectoryError, OSError) as error:
+    except ValueError as error:  # Pillow's guard against text that decompresses beyond its limits
+        raise _too_much(path, str(error)) from None
+    except (UnidentifiedImageError, IsADirectoryError, OSError, Image.DecompressionBombError) as error:
         raise UsageError(f"{path} is not a readable image ({error}); give a PNG written by sdcli") from None
+    for key, value in chunks.items():
+        if len(value) > MAX_TEXT_CHUNK:
+            raise _too_much(path, f"its {key!r} text has {len(value):,} characters once decompressed")
+    return chunks
+
+
+def _check_text_chunk_sizes(path: Path) -> None:
+    """Before Pillow reads the PNG at `path`: no text chunk stores over MAX_TEXT_CHUNK bytes. Cheap: it reads the
+    chunks' 8-byte headers and seeks past their data. (A file that is no PNG is left to Pillow to name.)"""
+    with open(path, "rb") as file:
+        if file.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+            return
+        while len(header := file.read(8)) == 8 and header[4:] != b"IEND":
+            length, kind = int.from_bytes(header[:4], "big"), header[4:]
+            if kind in TEXT_CHUNK_TYPES and length > MAX_TEXT_CHUNK:
+                raise _too_much(path, f"a {kind.decode()} chunk of {length:,} bytes")
+            file.seek(length + 4, 1)  # the data and its CRC
+
+
+def _too_much(path: Path, what: str) -> UsageError:
+    """The error for a PNG with a text chunk over MAX_TEXT_CHUNK."""
+    return UsageError(f"{path} holds more text than sdcli reads ({what}; the limit is {MAX_TEXT_CHUNK // 1024} KiB "
+                      "per chunk); give a PNG written by sdcli")  # fmt: skip
 
 
 def settings_from_png(path: Path) -> dict[str, Any]:

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
-from sdcli.workflows.metrics import diversity
 from sdcli.shapes.judge import judge
 from sdcli.shapes.world import COLOURS, full_captions
+from sdcli.workflows.metrics import diversity
 
 
 @dataclass(frozen=True)
@@ -119,11 +119,15 @@ def colour_steering(model, method: str, scale: float, seeds: list[int], **settin
 
 def card_tables(scores: list[Scores], negatives: list[dict], curve: list[dict], steering: list[dict]) -> str:
     """The model card's measured section, as Markdown tables."""
-    lines = ["| cfg | images | colour | shape | background | all three | diversity | seconds |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| cfg | images | colour | shape | background | all three | diversity | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for sc in scores:
-        lines.append(f"| {sc.cfg:g} | {sc.images} | {sc.colour:.0%} | {sc.shape:.0%} | {sc.background:.0%} "
-                     f"| {sc.all:.0%} | {sc.diversity:.3f} | {sc.seconds:.0f} |")
+        lines.append(
+            f"| {sc.cfg:g} | {sc.images} | {sc.colour:.0%} | {sc.shape:.0%} | {sc.background:.0%} "
+            f"| {sc.all:.0%} | {sc.diversity:.3f} | {sc.seconds:.0f} |"
+        )
     lines += ["", "| prompt | --neg | unwanted result | images showing it |", "| --- | --- | --- | --- |"]
     lines += [f"| {r['prompt']} | {r['neg']} | {r['unwanted']} | {r['count']} of {r['of']} |" for r in negatives]
     if steering:
@@ -131,10 +135,16 @@ def card_tables(scores: list[Scores], negatives: list[dict], curve: list[dict], 
         lines += [f"| {r['method']} | {r['scale']:g} | {r['images']} | {r['colour']:.0%} | {r['diversity']:.3f} |"
                   for r in steering]  # fmt: skip
     if curve:
-        lines += ["", "| U-Net steps | minutes | images | colour | shape | background |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        lines += [f"| {c['step']} | {c['minutes']:.0f} | {c['images']} | {c['colour']:.0%} | {c['shape']:.0%} "
-                  f"| {c['background']:.0%} |" for c in curve]
+        lines += [
+            "",
+            "| U-Net steps | minutes | images | colour | shape | background |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {c['step']} | {c['minutes']:.0f} | {c['images']} | {c['colour']:.0%} | {c['shape']:.0%} "
+            f"| {c['background']:.0%} |"
+            for c in curve
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -148,7 +158,7 @@ def learning_curve(work, seeds: list[int], device: str = "cpu", cfg: float = 7.5
 
     from sdcli.loading.components import load_model
     from sdcli.loading.references import resolve_model
-    from sdcli.shapes.train import export_snapshot
+    from sdcli.shapes.train import export_snapshot, load_checkpoint
 
     work = Path(work)
     cache = work / "curve.jsonl"
@@ -164,9 +174,17 @@ def learning_curve(work, seeds: list[int], device: str = "cpu", cfg: float = 7.5
             export_snapshot(work, snapshot, Path(tmp))
             model = load_model(resolve_model(tmp), torch.device(device), torch.float32)
             sc = score(model, cfg, seeds, **settings)
-        minutes = torch.load(snapshot, weights_only=False, map_location="cpu")["minutes"]
-        row = {"step": step, "minutes": minutes, "cfg": cfg, "images": sc.images, "colour": sc.colour,
-               "shape": sc.shape, "background": sc.background, "all": sc.all}
+        minutes = load_checkpoint(snapshot, "cpu")["minutes"]
+        row = {
+            "step": step,
+            "minutes": minutes,
+            "cfg": cfg,
+            "images": sc.images,
+            "colour": sc.colour,
+            "shape": sc.shape,
+            "background": sc.background,
+            "all": sc.all,
+        }
         rows.append(row)
         with cache.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -221,8 +239,9 @@ def main(argv: list[str] | None = None) -> None:
 
         template = resources.files("sdcli.shapes").joinpath("card.md").read_text()
         command = "python -m sdcli.shapes.evaluate " + shlex.join(argv if argv is not None else sys.argv[1:])
-        card = template.format(training_note=args.training_note, command=command,
-                               tables=card_tables(scores, negatives, curve, steering))
+        card = template.format(
+            training_note=args.training_note, command=command, tables=card_tables(scores, negatives, curve, steering)
+        )
         (Path(args.card) / "README.md").write_text(card)
 
 

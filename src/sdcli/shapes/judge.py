@@ -35,8 +35,14 @@ def _nearest(palette: dict[str, tuple[int, int, int]], rgb: np.ndarray) -> str:
 def judge(image: np.ndarray) -> Verdict:
     """Judge one (H, W, 3) uint8 image."""
     pixels = image.astype(np.float64)
-    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
-                             pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
+    border = np.concatenate(
+        [
+            pixels[:2].reshape(-1, 3),
+            pixels[-2:].reshape(-1, 3),
+            pixels[:, :2].reshape(-1, 3),
+            pixels[:, -2:].reshape(-1, 3),
+        ]
+    )
     background_rgb = np.median(border, axis=0)
     background = _nearest(BACKGROUNDS, background_rgb)
     mask = np.linalg.norm(pixels - background_rgb, axis=-1) > MIN_DISTANCE  # (H, W)
@@ -69,4 +75,3 @@ def judged_adherence(image: Image.Image, attributes: dict[str, str]) -> bool:
     """Whether the judge sees every attribute in `attributes` in the image."""
     verdict = judge(np.asarray(image.convert("RGB")))
     return all(getattr(verdict, key) == value for key, value in attributes.items())
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from itertools import pairwise
 from pathlib import Path
 
 from transformers import CLIPTokenizer
@@ -36,7 +37,7 @@ def learn_merges(words: list[str]) -> list[tuple[str, str]]:
     segmented = {w: list(w[:-1]) + [w[-1] + "</w>"] for w in sorted(set(words))}
     merges: list[tuple[str, str]] = []
     while any(len(s) > 1 for s in segmented.values()):
-        pairs = Counter(p for s in segmented.values() for p in zip(s, s[1:]))
+        pairs = Counter(p for s in segmented.values() for p in pairwise(s))
         best = min(pairs, key=lambda p: (-pairs[p], p))
         merges.append(best)
         for w, s in segmented.items():

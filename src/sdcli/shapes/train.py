@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdcli.errors import UsageError
 from sdcli.shapes.tokenizer import write_word_tokenizer
-from sdcli.shapes.world import WORDS, random_caption, random_scene, render
+from sdcli.shapes.world import WORDS, Scene, random_caption, random_scene, render
 
 
 @dataclass(frozen=True)
@@ -149,9 +150,22 @@ def build_unet(cfg: TrainConfig) -> UNet2DConditionModel:
 
 
 def save_checkpoint(path: Path, **state) -> None:
+    """Write a checkpoint of plain data (tensors, dicts, lists, numbers, text), what `load_checkpoint` reads."""
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
+
+
+def load_checkpoint(path: Path, map_location: torch.device | str | None = None) -> dict:
+    """A checkpoint of the work folder, loaded as plain data only (torch.load with weights_only=True), so that a
+    file planted in the folder cannot run code; a usage error for one that holds anything else."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError):
+        raise UsageError(
+            f"{path} is not a checkpoint of plain data that sdcli wrote (it may be another program's, or an older "
+            "sdcli's); delete it to redo its stage, or give another --work-dir"
+        ) from None
 
 
 def noise_scheduler() -> DDPMScheduler:
@@ -179,7 +193,7 @@ def resume(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: 
     reached, 0 when there is none yet."""
     if not ckpt.exists():
         return 0
-    state = torch.load(ckpt, weights_only=False, map_location=next(model.parameters()).device)
+    state = load_checkpoint(ckpt, next(model.parameters()).device)
     model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
     rng.bit_generator.state = state["rng"]
     torch.set_rng_state(state["torch_rng"])
@@ -187,11 +201,18 @@ def resume(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: 
     return state["step"]
 
 
-def checkpoint(ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator,
-               step: int) -> None:
+def checkpoint(
+    ckpt: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, rng: np.random.Generator, step: int
+) -> None:
     """What `resume` restores."""
-    save_checkpoint(ckpt, model=model.state_dict(), opt=opt.state_dict(), rng=rng.bit_generator.state, step=step,
-                    torch_rng=torch.get_rng_state())
+    save_checkpoint(
+        ckpt,
+        model=model.state_dict(),
+        opt=opt.state_dict(),
+        rng=rng.bit_generator.state,
+        step=step,
+        torch_rng=torch.get_rng_state(),
+    )
 
 
 def train_vae(cfg: TrainConfig, work: Path, device: torch.device) -> AutoencoderKL:
@@ -228,7 +249,7 @@ def encode_scenes(cfg: TrainConfig, vae: AutoencoderKL, work: Path):
     """Render a fixed set of scenes and encode them once: posterior means and stds, (N, 4, 16, 16) each, on the CPU."""
     path = work / "latents.pt"
     if path.exists():
-        return torch.load(path, weights_only=False)
+        return load_latents(path)
     rng = np.random.default_rng(cfg.seed + 1)
     device = next(vae.parameters()).device
     scenes, means, stds = [], [], []
@@ -244,9 +265,18 @@ def encode_scenes(cfg: TrainConfig, vae: AutoencoderKL, work: Path):
     sample = sample_posterior(data["mean"][:4096], data["std"][:4096])
     data["scaling_factor"] = float(1.0 / sample.std())
     mse = F.mse_loss(vae.decode(dist.mean).sample, x).item()  # on the last batch, (b, 3, 64, 64)
-    log(f"encoded {len(scenes)} scenes; scaling_factor {data['scaling_factor']:.4f}; vae mse {mse:.5f}; posterior "
-        f"std {data['std'].mean():.3f} against |mean| {data['mean'].abs().mean():.3f}")
-    torch.save(data, path)
+    log(
+        f"encoded {len(scenes)} scenes; scaling_factor {data['scaling_factor']:.4f}; vae mse {mse:.5f}; posterior "
+        f"std {data['std'].mean():.3f} against |mean| {data['mean'].abs().mean():.3f}"
+    )
+    save_checkpoint(path, **{**data, "scenes": [astuple(scene) for scene in scenes]})  # plain data, no classes
+    return data
+
+
+def load_latents(path: Path) -> dict:
+    """The encoded scenes `encode_scenes` saved, their scenes as `Scene`s again."""
+    data = load_checkpoint(path)
+    data["scenes"] = [Scene(*fields) for fields in data["scenes"]]
     return data
 
 
@@ -270,7 +300,7 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path, device: 
     rng = np.random.default_rng(cfg.seed + 3)
     ckpt, start, earlier = work / "denoiser.pt", 0, 0.0  # earlier: seconds spent before a resume
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False, map_location=device)
+        state = load_checkpoint(ckpt, device)
         unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text"])
         ema_unet.load_state_dict(state["ema_unet"]), ema_text.load_state_dict(state["ema_text"])
         opt.load_state_dict(state["opt"])
@@ -364,10 +394,10 @@ def export_snapshot(work: Path, snapshot: Path, out: Path, cfg: TrainConfig = Tr
 
     tokenizer = CLIPTokenizer.from_pretrained(work / "tokenizer")
     vae, unet, text_encoder = build_vae(cfg), build_unet(cfg), build_text_encoder(cfg, tokenizer)
-    vae.load_state_dict(torch.load(work / "vae.pt", weights_only=False, map_location="cpu")["model"])
-    state = torch.load(snapshot, weights_only=False, map_location="cpu")
+    vae.load_state_dict(load_checkpoint(work / "vae.pt", "cpu")["model"])
+    state = load_checkpoint(snapshot, "cpu")
     unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text"])
-    scale = torch.load(work / "latents.pt", weights_only=False)["scaling_factor"]
+    scale = load_checkpoint(work / "latents.pt")["scaling_factor"]
     save_model(out, vae, unet, text_encoder, tokenizer, scale)
 
 
@@ -380,8 +410,9 @@ def check_same_recipe(work: Path, cfg: TrainConfig) -> None:
     changed = [k for k in now if not k.endswith(("_steps", "_every")) and before.get(k) != now[k]]
     if changed:
         what = ", ".join(f"{k} {before.get(k)} -> {now[k]}" for k in changed)
-        raise UsageError(f"{work} holds a run of another recipe ({what}); continue it with its settings or give a new "
-                         "--work-dir")
+        raise UsageError(
+            f"{work} holds a run of another recipe ({what}); continue it with its settings or give a new --work-dir"
+        )
 
 
 def train(out: Path, work: Path, cfg: TrainConfig = TrainConfig(), device: torch.device | None = None) -> None:

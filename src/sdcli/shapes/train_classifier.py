@@ -24,6 +24,7 @@ from diffusers import DDPMScheduler
 from sdcli.guidance.classifier import NoisyClassifier
 from sdcli.shapes.train import (
     checkpoint,
+    load_latents,
     log,
     noise_like,
     noise_scheduler,
@@ -79,11 +80,12 @@ def held_out_accuracy(classifier: NoisyClassifier, data: dict, y: dict, schedule
     return result
 
 
-def train_classifier(work: Path, out: Path, cfg: ClassifierConfig = ClassifierConfig(),
-                     device: torch.device | None = None) -> dict:
+def train_classifier(
+    work: Path, out: Path, cfg: ClassifierConfig = ClassifierConfig(), device: torch.device | None = None
+) -> dict:
     """Train (or resume) the classifier from `work`/latents.pt; save it to `out`; return its held-out accuracy."""
     device = device or training_device()
-    data = torch.load(work / "latents.pt", weights_only=False)
+    data = load_latents(work / "latents.pt")
     data["mean"], data["std"] = data["mean"].to(device), data["std"].to(device)  # (N, 4, 16, 16) each
     y = {head: classes.to(device) for head, classes in labels(data["scenes"]).items()}
     scheduler = noise_scheduler()

@@ -22,21 +22,20 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
 
-from sdcli.output.console import image_progress
-from sdcli.errors import UsageError
 from sdcli.engine import batch_key, chunked, load_for, make_batched
+from sdcli.errors import UsageError
 from sdcli.loading.geometry import check_size
+from sdcli.output.console import image_progress
+from sdcli.output.files import check_made_with, check_output_path, hold_folder, image_name, write_atomic
 from sdcli.output.metadata import encode_png, settings_from_png
-from sdcli.output.files import image_name, write_atomic
 from sdcli.recipe import SETTINGS, Recipe, Request, parse_text
-from contextlib import nullcontext
-from sdcli.output.files import check_output_path, hold_folder
 
 log = logging.getLogger(__name__)
 
@@ -241,16 +240,17 @@ def _manifest_rows(path: Path) -> list[dict[str, Any]]:
     except UnicodeDecodeError:
         raise _foreign(path, "is not UTF-8 text") from None
     rows = []
-    for number, text in enumerate([*lines, last] if last else lines, start=1):
-        row = _manifest_row(text)
-        if row is None and not (text is last and rows):
-            raise _foreign(path, f"line {number} is not a JSON object with a path and a prompt")
+    for number, text in enumerate([*lines, last], start=1):
+        row = _manifest_row(text) if text.strip() else None
         if row is not None:
             rows.append(folder_relative(row))
+        elif text.strip() and (number <= len(lines) or not rows):  # a whole line, or a lone one: not sdcli's
+            raise _foreign(path, f"line {number} is not a JSON object with a path and a prompt")
     return rows
 
 
 def _foreign(path: Path, problem: str) -> UsageError:
+    """The error for a manifest that is not sdcli's: the batch would rewrite it without its lines."""
     return UsageError(f"{path} is not sdcli's manifest ({problem}); move it away, or use another --out-dir")
 
 
@@ -292,16 +292,8 @@ def remove_partial_files(out_dir: Path, planned: list[Planned]) -> None:
 def check_existing(planned: list[Planned]) -> None:
     """An image already on disk must have been made from the same settings, or resuming would mix two runs."""
     for image in planned:
-        if not image.path.exists():
-            continue
-        stored = settings_from_png(image.path)
-        wanted = asdict(image.recipe)
-        for key in ("prompt", "negative_prompt", "seed", "cfg", "steps", "sampler"):
-            if key in stored and stored[key] != wanted[key]:
-                raise UsageError(
-                    f"{image.path} exists but was made with {key} {stored[key]!r}, not {wanted[key]!r}; "
-                    "pass --overwrite to remake it, or use another --out-dir"
-                )
+        if image.path.exists():
+            check_made_with(image.path, image.recipe)
 
 
 def share_batches(share: list[Planned], size: int) -> Iterator[list[Planned]]:

@@ -22,16 +22,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdcli.sampling.loop import StepCallback
-from sdcli.errors import UsageError
 from sdcli.engine import load_for, make_images
+from sdcli.errors import UsageError
+from sdcli.output.files import check_made_with, check_paths, write_atomic
 from sdcli.output.metadata import encode_png
-from sdcli.workflows.metrics import ClipScorer, Judge, diversity
-from sdcli.output.files import check_paths, write_atomic
-from sdcli.recipe import Recipe, Request
 from sdcli.output.sheets import contact_sheet, line_plot
+from sdcli.recipe import MAX_IMAGES, MAX_SEED, Recipe, Request
+from sdcli.sampling.loop import StepCallback
+from sdcli.workflows.metrics import ClipScorer, Judge, diversity
 
 MAX_VALUES = 1000  # a range that long is a typo
+MAX_CELLS = MAX_IMAGES  # a sweep's images, seeds x scales x axis values: as many as one request may make
 # The guidance scales a sweep's columns can be: Recipe field -> its name in options, files, labels and metrics.
 COLUMNS = {"cfg": "cfg", "classifier_scale": "classifier-scale"}
 
@@ -42,14 +43,18 @@ def parse_numbers(spec: str, option: str) -> tuple[float, ...]:
     try:
         if ":" in spec:
             start, stop, step = (float(part) for part in spec.split(":"))
-            if step <= 0 or stop < start:
-                raise UsageError(f"{option} {spec}: a range needs start <= stop and a step > 0; {example}")
-            count = math.floor((stop - start) / step + 1e-9) + 1
-            if count > MAX_VALUES:
-                raise UsageError(f"{option} {spec} gives {count} values; use a larger step")
-            values = tuple(round(start + i * step, 10) for i in range(count))
+            if not all(math.isfinite(v) for v in (start, stop, step)) or step <= 0 or stop < start:
+                raise UsageError(
+                    f"{option} {spec!r}: a range needs finite numbers, start <= stop and a step > 0; {example}"
+                )
+            steps = (stop - start) / step  # inf when it overflows
+            if not steps < MAX_VALUES:
+                raise UsageError(f"{option} {spec!r} gives more than {MAX_VALUES} values, the limit; use a larger step")
+            values = tuple(round(start + i * step, 10) for i in range(math.floor(steps + 1e-9) + 1))
         else:
             values = tuple(float(part) for part in spec.split(","))
+            if len(values) > MAX_VALUES:
+                raise UsageError(f"{option} gives {len(values)} values, over the limit of {MAX_VALUES}; give fewer")
     except ValueError:
         raise UsageError(f"{option} {spec!r} is not a list or a range of numbers; {example}") from None
     if not all(math.isfinite(v) for v in values):
@@ -66,11 +71,15 @@ def parse_seeds(spec: str, first: int) -> tuple[int, ...]:
     except ValueError:
         raise UsageError(f"--seeds {spec!r}: give a count (--seeds 4) or a list of seeds (--seeds 1,5,9)") from None
     if "," not in spec:
-        if values[0] < 1:
-            raise UsageError(f"--seeds {spec}: the count must be at least 1")
+        if not 1 <= values[0] <= MAX_CELLS:
+            raise UsageError(f"--seeds {spec!r}: the count must be from 1 to {MAX_CELLS:,} (a sweep's limit)")
+        if first + values[0] - 1 > MAX_SEED:
+            raise UsageError(
+                f"--seeds {spec!r} from seed {first} passes the largest seed, {MAX_SEED}; give a smaller --seed"
+            )
         return tuple(range(first, first + values[0]))
-    if len(set(values)) != len(values) or min(values) < 0:
-        raise UsageError(f"--seeds {spec!r}: seeds must be different whole numbers >= 0")
+    if len(set(values)) != len(values) or min(values) < 0 or max(values) > MAX_SEED:
+        raise UsageError(f"--seeds {spec!r}: seeds must be different whole numbers from 0 to {MAX_SEED}")
     return values
 
 
@@ -97,6 +106,10 @@ class Sweep:
     def __post_init__(self) -> None:
         if not self.scales:
             raise UsageError(f"--{self.name} gives no guidance scales; for example --{self.name} 1,3,5,7.5")
+        cells = len(self.scales) * len(self.seeds) * (len(self.axis_values) if self.axis is not None else 1)
+        if cells > MAX_CELLS:
+            raise UsageError(f"the sweep has {cells:,} cells (scales x seeds x values), over the limit of "
+                             f"{MAX_CELLS:,}; give fewer scales, seeds or values")  # fmt: skip
         for value in self.axis_values if self.axis is not None else ():  # each value must make a valid request
             self.base.with_recipe(**{self.axis: value})
         self.base.with_recipe(**{self.column: self.scales[0]})
@@ -111,6 +124,16 @@ class Sweep:
         """(axis value, seed) per row, axis value None when there is no second axis."""
         values = self.axis_values if self.axis is not None else (None,)
         return [(value, seed) for value in values for seed in self.seeds]
+
+    @property
+    def cells(self) -> list[tuple[float, object, int, int]]:
+        """(scale, axis value, seed, row) of every cell, in the order they are made: column by column."""
+        return [(scale, value, seed, row) for scale in self.scales for row, (value, seed) in enumerate(self.rows)]
+
+    def cell_recipe(self, scale: float, value: object, seed: int) -> Recipe:
+        """The recipe that makes one cell alone: its column's, at its seed."""
+        (request,) = replace(self, seeds=(seed,)).column_requests(scale, value)
+        return request.recipe
 
     def row_label(self, value: object, seed: int) -> str:
         if self.axis is None:
@@ -144,7 +167,7 @@ class CellResult:
     axis_value: object
     path: Path
     adherence: float | None  # judge: 1.0 or 0.0; CLIP: the CLIP score; None when not measured
-    seconds: float
+    seconds: float | None  # None: made by an earlier run, resumed
 
 
 @dataclass(frozen=True)
@@ -155,7 +178,7 @@ class Summary:
     images: int
     adherence: float | None  # the mean over cells (judge: the fraction judged right)
     diversity: float | None  # mean pairwise distance between seeds, averaged over axis values; None for 1 seed
-    seconds_per_image: float
+    seconds_per_image: float | None  # over the cells made by this run; None when it made none
 
 
 # (images, prompt) -> one adherence value per image
@@ -182,25 +205,66 @@ def run_sweep(
     sweep: Sweep,
     out_dir: Path,
     scorer: Scorer | None,
+    done: frozenset[Path] = frozenset(),
 ) -> Iterator[tuple[CellResult, Image.Image, object]]:
-    """Every cell, column by column: `make(request)` yields (image, seconds, payload) per seed of the request."""
+    """Every cell but those `done` (their paths), column by column, each as soon as it is made and scored, so that
+    an interrupted sweep keeps what it made: `make(request)` yields (image, seconds, payload) per seed of the
+    request."""
     row_of = {row: i for i, row in enumerate(sweep.rows)}
     for scale in sweep.scales:
         for value in sweep.axis_values if sweep.axis is not None else (None,):
-            for request in sweep.column_requests(scale, value):
-                made = list(make(request))
-                scores = scorer([image for image, _, _ in made], sweep.base.recipe.prompt) if scorer else [None] * len(made)
-                for seed, (image, seconds, payload), score in zip(request.seeds, made, scores, strict=True):
+            missing = tuple(seed for seed in sweep.seeds if out_dir / sweep.cell_name(scale, value, seed) not in done)
+            for request in replace(sweep, seeds=missing).column_requests(scale, value) if missing else ():
+                for seed, (image, seconds, payload) in zip(request.seeds, make(request), strict=True):
                     cell = CellResult(
                         scale=scale,
                         row=row_of[(value, seed)],
                         seed=seed,
                         axis_value=value,
                         path=out_dir / sweep.cell_name(scale, value, seed),
-                        adherence=score,
+                        adherence=_score(scorer, image, sweep.base.recipe.prompt),
                         seconds=seconds,
                     )
                     yield cell, image, payload
+
+
+def _score(scorer: Scorer | None, image: Image.Image, prompt: str) -> float | None:
+    return scorer([image], prompt)[0] if scorer else None
+
+
+def kept_cells(sweep: Sweep, out_dir: Path, overwrite: bool) -> frozenset[Path]:
+    """Before any work: the cells already on disk that this run keeps, none with `overwrite`. A usage error for one
+    made with other settings, and for reports in a folder that holds none of this sweep's cells (another sweep's,
+    or someone's files), which a resumed sweep would replace."""
+    cells = {out_dir / sweep.cell_name(*cell): cell for cell in (cell[:3] for cell in sweep.cells)}
+    reports = [out_dir / name for name in REPORTS]
+    check_paths([*cells, *reports], overwrite=True)  # names, folders, a writable place; existing files below
+    if overwrite:
+        return frozenset()
+    done = [path for path in cells if path.exists()]
+    for path in done:  # in plan order, so that the error names the first
+        check_made_with(path, sweep.cell_recipe(*cells[path]))
+    if not done:
+        check_paths(reports, overwrite)
+    return frozenset(done)
+
+
+def all_cells(
+    sweep: Sweep, out_dir: Path, made_now: dict[Path, CellResult], scorer: Scorer | None
+) -> tuple[list[CellResult], dict[Path, Image.Image]]:
+    """Every cell in the order they are made, and its image read back from disk: those made by this run as they
+    were measured, those kept from an earlier run scored now (their time unknown)."""
+    cells, images = [], {}
+    for scale, value, seed, row in sweep.cells:
+        path = out_dir / sweep.cell_name(scale, value, seed)
+        with Image.open(path) as image:
+            images[path] = image.convert("RGB")
+        cell = made_now.get(path)
+        if cell is None:  # kept from an earlier run
+            adherence = _score(scorer, images[path], sweep.base.recipe.prompt)
+            cell = CellResult(scale, row, seed, value, path, adherence, None)
+        cells.append(cell)
+    return cells, images
 
 
 def _mean(values: list[float]) -> float | None:
@@ -223,15 +287,19 @@ def summarize(sweep: Sweep, cells: list[CellResult], images: dict[Path, Image.Im
                 images=len(column),
                 adherence=_mean(scores),
                 diversity=spread,
-                seconds_per_image=_mean([c.seconds for c in column]) or 0.0,
+                seconds_per_image=_mean([c.seconds for c in column if c.seconds is not None]),
             )
         )
     return summaries
 
 
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
 def _cell_row(sweep: Sweep, cell: CellResult) -> dict:
     row = {sweep.column: cell.scale, "seed": cell.seed, "path": str(cell.path), "adherence": cell.adherence,
-           "seconds": round(cell.seconds, 4)}  # fmt: skip
+           "seconds": _round(cell.seconds, 4)}  # fmt: skip
     return {**row, sweep.axis: cell.axis_value} if sweep.axis else row
 
 
@@ -263,7 +331,8 @@ def metrics_csv(sweep: Sweep, cells: list[CellResult], summary: list[Summary]) -
         writer.writerow({"kind": "cell", **_cell_row(sweep, cell)})
     for s in summary:
         writer.writerow({"kind": "summary", sweep.column: s.scale, "adherence": s.adherence,
-                         "diversity": s.diversity, "seconds": round(s.seconds_per_image, 4), "images": s.images})  # fmt: skip
+                         "diversity": s.diversity, "seconds": _round(s.seconds_per_image, 4),
+                         "images": s.images})  # fmt: skip
     return buffer.getvalue()
 
 
@@ -278,7 +347,7 @@ def summary_table(name: str, measure: str | None, summary: list[Summary]) -> str
     for s in summary:
         lines.append(
             f"{s.scale:>{width}g}  {s.images:>6}  {fmt(s.adherence, 3):>9}  {fmt(s.diversity, 4):>9}  "
-            f"{s.seconds_per_image:>8.3f}"
+            f"{fmt(s.seconds_per_image, 3):>8}"
         )
     lines.append(f"adherence: {measure or 'not measured (give --clip-model, or use the shapes model)'}")
     return "\n".join(lines)
@@ -303,32 +372,36 @@ def run(
     report: Callable[[str], None] | None = None,
 ) -> Iterator[tuple[Path, dict | None]]:
     """Make, measure and write the sweep; yields (path, its JSON object) per cell image as it lands, then
-    (path, None) per report file. `report(text)` receives the summary table."""
+    (path, None) per report file. A rerun resumes: cells already made with the same settings are kept (unless
+    `overwrite`), and the reports are made again from every cell. `report(text)` receives the number of cells kept
+    and the summary table."""
     # 1. Check inputs and outputs before the model loads.
-    cell_paths = [out_dir / sweep.cell_name(s, v, seed) for s in sweep.scales for v, seed in sweep.rows]
-    check_paths([*cell_paths, *(out_dir / name for name in REPORTS)], overwrite)
+    done = kept_cells(sweep, out_dir, overwrite)
     clip = ClipScorer(clip_model) if clip_model is not None else None
     # 2. Load the model; choose the adherence measure.
     model = load_for(sweep.base)
     measure, scorer = ("clip score", clip) if clip else make_scorer(judge, sweep.base.recipe)
+    if done and report is not None:
+        report(f"kept {len(done)} of {len(sweep.cells)} cells already in {out_dir}")
 
     def make(request: Request) -> Iterator[tuple[Image.Image, float, object]]:
         for made in make_images(model, request, on_step):
             yield made.image, made.seconds, made
 
-    # 3. Every cell: make, measure, write.
-    cells: list[CellResult] = []
-    images: dict[Path, Image.Image] = {}
-    for cell, image, made in run_sweep(make, sweep, out_dir, scorer):
+    # 3. Every missing cell: make, measure, write, one at a time.
+    made_now: dict[Path, CellResult] = {}
+    for cell, image, made in run_sweep(make, sweep, out_dir, scorer, done):
         write_atomic(cell.path, encode_png(image, made.record), overwrite)
-        cells.append(cell)
-        images[cell.path] = image
+        made_now[cell.path] = cell
         yield cell.path, {**made.result(cell.path), "adherence": cell.adherence}
-    # 4. The contact sheet, the metrics and their plot.
+    # 4. The contact sheet, the metrics and their plot, from every cell on disk.
+    cells, images = all_cells(sweep, out_dir, made_now, scorer)
     summary = summarize(sweep, cells, images)
     grid = [[images[c.path] for c in sorted(cells, key=lambda c: sweep.scales.index(c.scale)) if c.row == r]
             for r in range(len(sweep.rows))]  # fmt: skip
-    sheet = contact_sheet(grid, [f"{sweep.name} {s:g}" for s in sweep.scales], [sweep.row_label(*row) for row in sweep.rows])
+    sheet = contact_sheet(
+        grid, [f"{sweep.name} {s:g}" for s in sweep.scales], [sweep.row_label(*row) for row in sweep.rows]
+    )
     series = {f"adherence ({measure})": [s.adherence for s in summary]} if measure else {}
     series |= {"diversity (mean pairwise RMS distance)": [s.diversity for s in summary],
                "seconds per image": [s.seconds_per_image for s in summary]}  # fmt: skip
@@ -340,8 +413,7 @@ def run(
         "metrics.png": _png(plot),
     }
     for name in REPORTS:
-        write_atomic(out_dir / name, contents[name], overwrite)
+        write_atomic(out_dir / name, contents[name], overwrite or bool(done))  # a resumed sweep's are made again
         yield out_dir / name, None
     if report is not None:
         report(summary_table(sweep.name, measure, summary))
-
