@@ -401,3 +401,43 @@ def test_a_settings_line_of_a_long_prompt_parses_in_linear_time(tmp_path: Path):
     result = run("inspect", str(image), "--json")
     assert result.exit_code == 0, result.stderr
     assert time.monotonic() - start < 5  # quadratic parsing took about 20 s
+
+
+# Prompts that are not text, and sizes and counts past the limits: refused before any import of the model stack.
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "words"),
+    [
+        (["a \udcff cat"], None, ["the prompt", "UTF-8"]),  # undecodable argv bytes arrive as lone surrogates
+        (["-"], b"a \xff cat", ["prompt on stdin", "UTF-8"]),
+        (["-"], b"", ["stdin is empty"]),
+        (["a cat", "--neg", "b \udcff"], None, ["--neg", "UTF-8"]),
+        (["a cat", "--width", "100000"], None, ["--width", "16,384"]),
+        (["a cat", "-n", "1000000000"], None, ["--num-images", "100,000"]),
+        (["a cat", "--steps", "100000"], None, ["--steps", "10,000"]),
+        (["a cat", "--batch-size", "5000"], None, ["--batch-size", "1,024"]),
+    ],
+)
+def test_prompts_that_are_not_text_and_sizes_past_the_limits(tmp_path: Path, args, stdin, words):
+    heavy = "print(sorted({'torch', 'diffusers', 'transformers'} & set(sys.modules)))"
+    code = f"import atexit, sys; atexit.register(lambda: {heavy}); from sdcli.cli import app; app()"
+    result = subprocess.run(
+        [sys.executable, "-c", code, "generate", *args, "-o", str(tmp_path / "x.png")],
+        input=stdin or b"",
+        capture_output=True,
+        check=False,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8:surrogateescape"},
+    )
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    assert result.stdout.decode().strip() == "[]"  # said before the model stack was imported
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_batch_line_past_a_limit_says_the_limit(tmp_path: Path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "a", "n": 1e9}\n')
+    result = CliRunner().invoke(app, ["batch", str(prompts), "--out-dir", str(tmp_path / "out")])
+    refused(result, 2, "line 1", "--num-images", "100,000")

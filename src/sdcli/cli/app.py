@@ -100,19 +100,23 @@ def _emit(result: str) -> None:
     sys.stdout.flush()
 
 
+def _read_stdin(what: str) -> str:
+    """stdin as text; a usage error for bytes that are not UTF-8."""
+    data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"the {what} on stdin is not UTF-8 text; pipe UTF-8 text") from None
+
+
 def _read_prompt(prompt: str | None) -> str | None:
     """The prompt as given, or stdin's for `-`; a usage error for text that is not UTF-8, or nothing on stdin."""
-    if prompt == "-":
-        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
-        try:
-            prompt = data.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError:
-            raise UsageError(
-                "the prompt on stdin is not UTF-8 text; pipe UTF-8 text, or give the prompt as PROMPT"
-            ) from None
-        if not data:
-            raise UsageError("PROMPT is - but stdin is empty; pipe a prompt in, or give it as PROMPT ('' for none)")
-    return prompt
+    if prompt != "-":
+        return prompt
+    text = _read_stdin("prompt")
+    if not text:
+        raise UsageError("PROMPT is - but stdin is empty; pipe a prompt in, or give it as PROMPT ('' for none)")
+    return text.rstrip("\r\n")
 
 
 def build_request(given: dict[str, Any], from_image: Path | None = None) -> Request:
@@ -399,7 +403,7 @@ def batch(
         raise UsageError(f"--format {file_format}: use one of {', '.join(FORMATS)}")
     fmt = guess_format(file, file_format)
     if file == "-":
-        text = sys.stdin.read()
+        text = _read_stdin("prompt file")
     else:
         try:
             text = Path(file).read_text(encoding="utf-8")
