@@ -34,6 +34,9 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_loop.py
+	# start-up as installed: bytecode written, as pip writes it for a regular install (an editable install has
+	# none, and where PYTHONDONTWRITEBYTECODE is set every start would compile the sources again)
+	$(BIN)/python -m compileall -q src
 	$(BIN)/python benchmarks/bench_startup.py
 
 bench-cpu: install  # sdcli's defaults against diffusers' fp32 pipeline, SD 1.5 architecture, random weights

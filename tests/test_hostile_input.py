@@ -22,9 +22,10 @@ from typer.testing import CliRunner
 from sdcli.cli import app
 from sdcli.errors import Failure, UsageError
 from sdcli.loading.components import Model
-from sdcli.output.files import BATCH_LOCK, NAME_MAX, TEMP_EXTRA
+from sdcli.output.files import NAME_MAX, TEMP_EXTRA
 from sdcli.output.images import decode
 from sdcli.output.metadata import read_chunks
+from sdcli.output.writes import BATCH_LOCK
 from sdcli.recipe import MAX_SEED
 from sdcli.shapes.train_classifier import train_classifier
 from sdcli.workflows import batch as batch_workflow

@@ -10,8 +10,9 @@ import pytest
 from tiny_sd import make_request
 
 from sdcli.errors import Failure, UsageError
-from sdcli.output import files as outputs
-from sdcli.output.files import Output, image_name, plan_paths, write_atomic
+from sdcli.output import writes as outputs
+from sdcli.output.files import Output, image_name, plan_paths
+from sdcli.output.writes import write_atomic
 
 
 def test_names_come_from_seed_and_prompt():

@@ -1,22 +1,15 @@
-"""Where images go: their file names, the checks made before any work starts, atomic writes, and the lock that
-keeps one batch per folder."""
+"""Where images go: their file names and the checks made before any work starts (writing: `sdcli.output.writes`)."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
-import socket
-import tempfile
 import unicodedata
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from sdcli.errors import Failure, UsageError, reason
-from sdcli.output.metadata import settings_from_png
-from sdcli.recipe import Recipe, Request
+from sdcli.errors import Failure, UsageError
+from sdcli.recipe import Request
 
 SLUG_LENGTH = 60
 # File systems take names of at most NAME_MAX bytes; write_atomic's temporary `.<name>.<8 random>.part` beside an
@@ -28,13 +21,6 @@ TEMP_EXTRA = len(".") + len(".xxxxxxxx.part")
 SLUG_BYTES = 180
 # Characters that would split a printed path over lines, or hide in it: control characters, line separators.
 LINE_BREAKING = ("Cc", "Zl", "Zp")
-BATCH_LOCK = ".sdcli-batch.lock"  # in a folder while a batch runs there; names its holder
-# The settings that decide an image's pixels: an image already on disk is kept by a rerun (batch, sweep) only when
-# its stored settings agree on those the recipe sets (None: the model's size, the default scale, resolved later).
-MADE_WITH = (
-    "prompt", "negative_prompt", "extra_negative_prompts", "seed", "cfg", "steps", "sampler", "neg_mode", "neg_scale",
-    "cfg_rescale", "guidance_interval", "classifier", "classifier_scale", "width", "height",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -108,94 +94,3 @@ def check_output_path(path: Path) -> None:
         if size > limit:
             raise UsageError(f"the output name {name[:40]!r}... is {size} bytes, over the {limit}-byte limit of file "
                              "names (with room for a temporary file); give a shorter name")  # fmt: skip
-
-
-def check_made_with(path: Path, recipe: Recipe) -> None:
-    """The image at `path`, kept by a rerun, must have been made with `recipe`'s settings, or the run would mix
-    two runs' images."""
-    stored, wanted = settings_from_png(path), asdict(recipe)
-    for key in MADE_WITH:
-        want = list(wanted[key]) if isinstance(wanted.get(key), tuple) else wanted.get(key)  # as JSON stores it
-        if want is not None and key in stored and stored[key] != want:
-            raise UsageError(f"{path} exists but was made with {key} {stored[key]!r}, not {want!r}; pass --overwrite "
-                             "to remake it, or use another --out-dir")  # fmt: skip
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def write_atomic(path: Path, data: bytes, overwrite: bool) -> None:
-    """Write `data` to a temporary file beside `path`, then rename it into place: readers never see half a file,
-    and an interrupted run leaves none behind."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and not overwrite:
-            raise UsageError(f"{path} already exists; pass --overwrite to replace it, or choose another -o/--out-dir")
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    except OSError as error:
-        raise Failure(f"cannot write to {path.parent} ({reason(error)}); choose another output folder") from None
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.chmod(temp, 0o666 & ~_umask())
-        os.replace(temp, path)
-    except BaseException as error:
-        Path(temp).unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            raise Failure(f"could not write {path} ({reason(error)}); check the folder and free space") from None
-        raise
-
-
-@contextmanager
-def hold_folder(folder: Path) -> Iterator[None]:
-    """One batch at a time in `folder`: an exclusive lock on its BATCH_LOCK file for the whole run, the file
-    naming the holder (process and host) for a run that finds it taken. The lock of a process that dies goes with
-    it (flock); the file is removed on the way out."""
-    path = folder / BATCH_LOCK
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd = _locked(path)
-        os.ftruncate(fd, 0)
-        os.write(fd, f"process {os.getpid()} on {socket.gethostname()}".encode())
-    except OSError as error:
-        raise Failure(f"cannot write to {folder} ({reason(error)}); choose another output folder") from None
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # while locked: a run waiting on this file then finds it gone, see _locked
-        os.close(fd)
-
-
-def _locked(path: Path) -> int:
-    """The open lock file, locked; a failure naming the holder when another batch has it. A file removed by its
-    holder between our open and our lock is not the folder's lock any more: lock the one at `path` now."""
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise Failure(
-                f"{path.parent} is in use by another sdcli batch ({_holder(path)}); wait for it to finish, or use "
-                "another --out-dir"
-            ) from None
-        try:
-            if os.path.samestat(os.stat(path), os.fstat(fd)):
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-
-
-def _holder(path: Path) -> str:
-    """Who holds the lock, as its file says (printable characters only: the file may be anyone's)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        text = ""
-    return "".join(char for char in text if char.isprintable())[:200] or "its holder is starting"

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -177,3 +178,19 @@ def settings_from_png(path: Path) -> dict[str, Any]:
     if INFOTEXT_KEY in chunks:
         return settings_from_infotext(chunks[INFOTEXT_KEY])
     raise UsageError(f"{path} carries no generation settings (no sdcli or parameters chunk); give a PNG made by sdcli")
+
+
+# The settings that decide an image's pixels, beyond the model: an image already on disk is kept by a rerun (batch,
+# sweep) only when its stored settings agree on those the recipe sets (None: the model's size, the default scale).
+MADE_WITH = tuple(f.name for f, spec in declared(Recipe) if not spec.loads)
+
+
+def check_made_with(path: Path, recipe: Recipe) -> None:
+    """The image at `path`, kept by a rerun, must have been made with `recipe`'s settings, or the run would mix
+    two runs' images."""
+    stored, wanted = settings_from_png(path), asdict(recipe)
+    for key in MADE_WITH:
+        want = list(wanted[key]) if isinstance(wanted.get(key), tuple) else wanted.get(key)  # as JSON stores it
+        if want is not None and key in stored and stored[key] != want:
+            raise UsageError(f"{path} exists but was made with {key} {stored[key]!r}, not {want!r}; pass --overwrite "
+                             "to remake it, or use another --out-dir")  # fmt: skip

@@ -33,8 +33,9 @@ from sdcli.engine import batch_key, chunked, load_for, make_batched
 from sdcli.errors import UsageError
 from sdcli.loading.geometry import check_size
 from sdcli.output.console import image_progress
-from sdcli.output.files import check_made_with, check_output_path, hold_folder, image_name, write_atomic
-from sdcli.output.metadata import encode_png, settings_from_png
+from sdcli.output.files import check_output_path, image_name
+from sdcli.output.metadata import check_made_with, encode_png, settings_from_png
+from sdcli.output.writes import hold_folder, write_atomic
 from sdcli.recipe import SETTINGS, Recipe, Request, parse_text
 
 log = logging.getLogger(__name__)

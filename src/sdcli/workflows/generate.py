@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sdcli.engine import Generated, load_for, make_images
-from sdcli.output.files import write_atomic
 from sdcli.output.metadata import encode_png
+from sdcli.output.writes import write_atomic
 from sdcli.recipe import Request
 from sdcli.sampling.loop import StepCallback
 

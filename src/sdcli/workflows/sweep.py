@@ -24,9 +24,10 @@ from PIL import Image
 
 from sdcli.engine import load_for, make_images
 from sdcli.errors import UsageError
-from sdcli.output.files import check_made_with, check_paths, write_atomic
-from sdcli.output.metadata import encode_png
+from sdcli.output.files import check_paths
+from sdcli.output.metadata import check_made_with, encode_png
 from sdcli.output.sheets import contact_sheet, line_plot
+from sdcli.output.writes import write_atomic
 from sdcli.recipe import MAX_IMAGES, MAX_SEED, Recipe, Request
 from sdcli.sampling.loop import StepCallback
 from sdcli.workflows.metrics import ClipScorer, Judge, diversity
