@@ -15,7 +15,7 @@ def run(model: Model, sampler: str, steps: int, seed: int, on_step=None) -> torc
     schedule = Schedule(build_scheduler(get_sampler(sampler), model.scheduler_config), steps, CPU)
     generators = [torch.Generator().manual_seed(seed)]
     noise = initial_noise(generators, (4, 2, 2), CPU, torch.float32)
-    return denoise(lambda x, t: 0.5 * x, schedule, noise, generators, on_step)
+    return denoise(lambda x, t: 0.5 * x, schedule, schedule.start_from_noise(noise), generators, on_step)
 
 
 def test_ddim_with_a_perfect_denoiser_stays_on_its_trajectory(loaded: Model):
@@ -32,7 +32,7 @@ def test_ddim_with_a_perfect_denoiser_stays_on_its_trajectory(loaded: Model):
 
     generators = [torch.Generator().manual_seed(0)]
     noise = initial_noise(generators, (4, 2, 2), CPU, torch.float32)
-    out = denoise(perfect, schedule, noise, generators)
+    out = denoise(perfect, schedule, schedule.start_from_noise(noise), generators)  # DDIM: sigma_init 1
     a_start, a_end = alphas_cumprod[int(schedule.timesteps[0])], scheduler.final_alpha_cumprod
     eps = (noise - a_start.sqrt() * x0) / (1 - a_start).sqrt()
     assert torch.allclose(out, a_end.sqrt() * x0 + (1 - a_end).sqrt() * eps, atol=1e-5)
@@ -52,7 +52,7 @@ def test_schedules_from_one_scheduler_share_no_state(loaded: Model):
     generators = [torch.Generator().manual_seed(0)]
     noise = initial_noise(generators, (4, 2, 2), CPU, torch.float32)
     first = denoise(lambda x, t: 0.5 * x, Schedule(scheduler, 5, CPU), noise, generators)
-    second = denoise(lambda x, t: 0.5 * x, Schedule(scheduler, 5, CPU), noise, generators)
+    second = denoise(lambda x, t: 0.5 * x, Schedule(scheduler, 5, CPU), noise, generators)  # DPM++: sigma_init 1
     assert torch.equal(first, second)
 
 
@@ -63,5 +63,7 @@ def test_stochastic_samplers_draw_per_step_noise_from_the_images_generator(loade
     generators = [torch.Generator().manual_seed(1)]
     noise = initial_noise(generators, (4, 2, 2), CPU, torch.float32)
     schedule = Schedule(build_scheduler(get_sampler("euler-a"), loaded.scheduler_config), 4, CPU)
-    other = denoise(lambda x, t: 0.5 * x, schedule, noise, [torch.Generator().manual_seed(99)])
+    other = denoise(
+        lambda x, t: 0.5 * x, schedule, schedule.start_from_noise(noise), [torch.Generator().manual_seed(99)]
+    )
     assert not torch.equal(other, run(loaded, "euler-a", 4, 1))

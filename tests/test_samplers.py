@@ -116,8 +116,7 @@ def test_every_sampler_runs_the_loop_on_a_toy_denoiser(loaded: Model, name: str)
         return 0.1 * x  # a toy denoiser: the prediction shrinks x
 
     generators = [torch.Generator().manual_seed(0)]
-    x_0 = denoise(
-        predict, schedule, initial_noise(generators, (4, 3, 3), torch.device("cpu"), torch.float32), generators
-    )
+    noise = initial_noise(generators, (4, 3, 3), torch.device("cpu"), torch.float32)
+    x_0 = denoise(predict, schedule, schedule.start_from_noise(noise), generators)
     assert len(calls) == len(schedule.timesteps)
     assert x_0.shape == (1, 4, 3, 3) and torch.isfinite(x_0).all()

@@ -27,9 +27,11 @@ import torch
 from diffusers import SchedulerMixin
 from PIL import Image
 
+from sdcli.errors import UsageError
 from sdcli.guidance.cfg import CountedDenoiser, needs_unconditional
 from sdcli.guidance.context import GuidanceContext
 from sdcli.guidance.registry import guided_predictor
+from sdcli.inputs import encode_image, image_size, read_picture, sample_x0, schedule_steps
 from sdcli.loading.components import Model, load_model
 from sdcli.loading.devices import DTYPE_NAMES, resolve_device, resolve_dtype
 from sdcli.loading.geometry import check_size
@@ -77,15 +79,43 @@ def batch_key(recipe: Recipe) -> tuple[Recipe, int]:
     return recipe.shared, len(recipe.separate_negatives)
 
 
-def check(model: Model, recipes: Sequence[Recipe]) -> tuple[int, int]:
-    """The (width, height) the recipes make, once checked: they share every setting but prompts and seed, and the
-    size is a multiple of the model's latent scale."""
-    if any(batch_key(recipe) != batch_key(recipes[0]) for recipe in recipes):
-        raise ValueError("make_batched takes recipes that differ only in prompts and seed")
-    native_width, native_height = model.native_size
-    width, height = recipes[0].width or native_width, recipes[0].height or native_height
+def size_of(model: Model, recipe: Recipe) -> tuple[int, int]:
+    """The (width, height) a recipe makes, checked against the model's latent scale: as asked, else the init
+    image's, else the model's native size."""
+    if recipe.init_image is not None:
+        default = image_size(Path(recipe.init_image), model.latent_scale)
+    else:
+        default = model.native_size
+    width, height = recipe.width or default[0], recipe.height or default[1]
     check_size(width, height, model.latent_scale)
     return width, height
+
+
+def check_inputs(recipe: Recipe) -> None:
+    """The recipe's image inputs: readable, the same file a replay recorded, and strength enough for a step."""
+    if recipe.init_image is None:
+        return
+    picture = read_picture(Path(recipe.init_image))
+    if recipe.init_image_sha256 not in (None, picture.sha256):
+        raise UsageError(
+            f"--init-image {recipe.init_image} is not the image this was made from (sha256 "
+            f"{recipe.init_image_sha256[:12]}... recorded, {picture.sha256[:12]}... now); give that image with "
+            "--init-image"
+        )
+    if schedule_steps(recipe.steps, recipe.resolved_strength) < 1:
+        raise UsageError(
+            f"--strength {recipe.resolved_strength:g} of --steps {recipe.steps} runs no step (int(steps x strength) "
+            "is 0); raise --strength or --steps"
+        )
+
+
+def check(model: Model, recipes: Sequence[Recipe]) -> tuple[int, int]:
+    """The (width, height) the recipes make, once checked: they share every setting but prompts and seed, their
+    inputs are there, and the size is a multiple of the model's latent scale."""
+    if any(batch_key(recipe) != batch_key(recipes[0]) for recipe in recipes):
+        raise ValueError("make_batched takes recipes that differ only in prompts and seed")
+    check_inputs(recipes[0])
+    return size_of(model, recipes[0])
 
 
 # 2. Load.
@@ -142,19 +172,37 @@ def encode(model: Model, recipe: Recipe, height: int, width: int) -> Branches:
 def prepare_latents(
     model: Model, scheduler: SchedulerMixin, recipes: Sequence[Recipe], height: int, width: int
 ) -> tuple[torch.Tensor, Schedule, list[torch.Generator]]:
-    """A batch's start: the initial noise x_T (n, C, h, w), image i's drawn from its own seeded generator (which
-    then draws its sampler noise), and the full schedule of the recipe's steps."""
-    generators = [torch.Generator("cpu").manual_seed(recipe.seed) for recipe in recipes]
+    """A batch's start, x (n, C, h, w) at the schedule's first timestep, its schedule, and each image's own
+    seeded generator, which draws (in this order) its init image's posterior sample, its noise, its sampler noise.
+    From noise: the full schedule, x_T = sigma_max noise. From an init image (img2img): the schedule truncated by
+    the strength, x_t = q(x_t | x_0) at its first timestep."""
+    recipe = recipes[0]
+    generators = [torch.Generator("cpu").manual_seed(r.seed) for r in recipes]
     latent_shape = (model.latent_channels, height // model.latent_scale, width // model.latent_scale)  # (C, h, w)
+    if recipe.init_image is None:
+        schedule = Schedule(scheduler, recipe.steps, model.device)
+        noise = initial_noise(generators, latent_shape, model.device, model.dtype)  # (n, C, h, w)
+        return schedule.start_from_noise(noise), schedule, generators
+    posterior = encode_image(model.vae, Path(recipe.init_image), height, width, model.vae.dtype)
+    x_0 = sample_x0(posterior, generators, model.vae.config.scaling_factor).to(model.dtype)  # (n, C, h, w)
     noise = initial_noise(generators, latent_shape, model.device, model.dtype)  # (n, C, h, w)
-    return noise, Schedule(scheduler, recipes[0].steps, model.device), generators
+    steps = schedule_steps(recipe.steps, recipe.resolved_strength)
+    schedule = Schedule(scheduler, recipe.steps, model.device, first=recipe.steps - steps)
+    return schedule.start_from(x_0, noise), schedule, generators
 
 
 def _record(model: Model, recipe: Recipe, width: int, height: int) -> ImageRecord:
     """The settings that remake one image alone: its recipe resolved, and where it ran."""
-    resolved = {"width": width, "height": height, "model": model.reference}
+    resolved = {
+        "width": width,
+        "height": height,
+        "model": model.reference,
+        "classifier_scale": recipe.resolved_classifier_scale,
+        "strength": recipe.resolved_strength,
+        "init_image_sha256": None if recipe.init_image is None else read_picture(Path(recipe.init_image)).sha256,
+    }
     return ImageRecord(
-        **{**asdict(recipe), **resolved, "classifier_scale": recipe.resolved_classifier_scale},
+        **{**asdict(recipe), **resolved},
         device=model.device.type,
         dtype=DTYPE_NAMES[model.dtype],
     )
@@ -188,12 +236,12 @@ def make_batched(
         start = time.perf_counter()
         batch_recipes = [recipe for recipe, _ in batch]
         # 4. Prepare latents.
-        noise, schedule, generators = prepare_latents(model, scheduler, batch_recipes, height, width)
+        x_start, schedule, generators = prepare_latents(model, scheduler, batch_recipes, height, width)
         # 5. Denoise with every guidance method the recipe turns on.
         denoiser = CountedDenoiser(unet_denoiser(model.unet))
         branches = Branches.cat([b for _, b in batch])  # contexts (n, L, D)
         predict = guided_predictor(GuidanceContext(denoiser, branches, settings, scheduler.alphas_cumprod, model))
-        latents = denoise(predict, schedule, noise, generators, partial(report, batch_index))  # (n, C, h, w)
+        latents = denoise(predict, schedule, x_start, generators, partial(report, batch_index))  # (n, C, h, w)
         # 6. Decode.
         pictures = to_pil(decode(model.vae, latents))
         seconds = (time.perf_counter() - start) / len(batch)

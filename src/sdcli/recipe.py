@@ -32,6 +32,7 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 NEG_MODES = ("replace", "separate")  # the negative prompt as the unconditional branch, or as terms of their own
 PREDICTION_TYPES = ("epsilon", "v_prediction")  # diffusers' names, as in a scheduler config
 DEFAULT_CLASSIFIER_SCALE = 10.0  # s of classifier guidance, when --classifier names targets
+DEFAULT_STRENGTH = 0.75  # img2img's denoising strength, when --init-image names an image
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 # Limits checked before any work: beyond them a run would exhaust memory or time rather than make an image.
 MAX_SIDE = 16384  # pixels per side (SDXL's native side is 1024)
@@ -140,7 +141,8 @@ class Setting:
     show_default: str | None = None  # the default as --help shows it; None: the declared default
     choices: tuple[str, ...] | None = None  # a fixed set of values, listed by --help
     repeats: str | None = None  # the option may be repeated: the first value is this setting, the rest that one
-    path: bool = False  # a file or folder: given on the command line, it is recorded as an absolute path
+    path: bool = False  # a file or folder: recorded as an absolute path (a batch line's: from the file's folder)
+    hash_of: str | None = None  # the sha256 of that setting's file, recorded beside it; set anew, it is dropped
     infotext: Infotext | None = None
     loads: bool = False  # changes how the model loads: one value per batch run, not per line
     per_line: bool = True  # a batch line may set it (Run settings: no)
@@ -277,6 +279,30 @@ class Recipe:
         show_default="as detected",
         loads=True,
     )
+    # Images in (sdcli.inputs).
+    init_image: str | None = setting(
+        None,
+        "Start from this image (img2img): resized to the size asked for (default: its own, rounded down to the "
+        "latent scale), encoded by the VAE, noised to --strength and denoised from there.",
+        NAME,
+        flags=("-i", "--init-image"),
+        metavar="IMAGE",
+        path=True,
+        show_default="none: from noise",
+    )
+    init_image_sha256: str | None = setting(
+        None, "The init image's sha256: a replay refuses a changed file.", flags=None, hash_of="init_image"
+    )
+    strength: float | None = setting(
+        None,
+        "Denoising strength S of img2img, above 0 and at most 1: the noise added to the image, and the share of "
+        "--steps run (int(steps x S)); 1 keeps nothing of the image but its size.",
+        (lambda v: _is_number(v) and 0 < v <= 1, "a number above 0 and at most 1"),
+        example="0.5",
+        metavar="S",
+        show_default=f"{DEFAULT_STRENGTH:g} with --init-image",
+        infotext=Infotext("Denoising strength"),
+    )
     # Guidance beyond plain CFG (sdcli.guidance) and prompt encoding (sdcli.text).
     extra_negative_prompts: tuple[str, ...] = setting(
         (), "Negative prompts after the first (separate mode).", flags=None
@@ -359,6 +385,15 @@ class Recipe:
                 raise UsageError("--neg-scale needs --neg-mode separate; add it, or leave out --neg-scale")
         if self.classifier is None and self.classifier_scale is not None:
             raise UsageError("--classifier-scale needs --classifier HEAD=LABEL (for example --classifier color=red)")
+        if self.init_image is None and self.strength is not None:
+            raise UsageError("--strength is img2img's: it needs --init-image IMAGE; add one, or leave out --strength")
+
+    @property
+    def resolved_strength(self) -> float | None:
+        """img2img's strength as it runs: None without an init image."""
+        if self.init_image is None:
+            return None
+        return DEFAULT_STRENGTH if self.strength is None else float(self.strength)
 
     @property
     def resolved_classifier_scale(self) -> float | None:

@@ -22,7 +22,7 @@ from sdcli.cli.options import settings_options
 from sdcli.errors import SdcliError, UsageError, reason
 from sdcli.output.console import error_line, setup_logging, step_progress
 from sdcli.output.files import Output, plan_paths
-from sdcli.recipe import DEFAULT_MODEL, Recipe, Request, Run, random_seed
+from sdcli.recipe import DEFAULT_MODEL, SETTINGS, Recipe, Request, Run, random_seed
 from sdcli.sampling.samplers import SAMPLERS
 
 MODEL_ENV = "SDCLI_MODEL"
@@ -127,6 +127,9 @@ def build_request(given: dict[str, Any], from_image: Path | None = None) -> Requ
         from sdcli.output.metadata import settings_from_png
 
         settings = settings_from_png(from_image) | given
+        for name, (_, spec) in SETTINGS.items():  # a file given anew: its recorded hash is not its own
+            if spec.hash_of in given:
+                settings.pop(name, None)
     else:
         settings = dict(given)
     if settings.get("prompt") is None:

@@ -47,15 +47,26 @@ def build_scheduler(sampler: Sampler, scheduler_config: Mapping[str, Any]) -> Sc
 
 
 class Schedule:
-    """One sampling run of `steps` steps."""
+    """One sampling run of `steps` steps, from the first (pure noise) or, for img2img, from step `first`."""
 
-    def __init__(self, scheduler: SchedulerMixin, steps: int, device: torch.device):
+    def __init__(self, scheduler: SchedulerMixin, steps: int, device: torch.device, first: int = 0):
         # A copy, not a rebuild: some schedulers' constructors are slow (DPM2 inverts 1000 sigmas).
         self._scheduler = copy.deepcopy(scheduler)
         self._scheduler.set_timesteps(steps, device=device)
-        self.timesteps: torch.Tensor = self._scheduler.timesteps  # (T,): one model call each
+        begin = first * self._scheduler.order  # Heun and DPM2 make two calls a step
+        if begin and hasattr(self._scheduler, "set_begin_index"):
+            self._scheduler.set_begin_index(begin)
+        self.timesteps: torch.Tensor = self._scheduler.timesteps[begin:]  # (T,): one model call each
         self.init_noise_sigma = self._scheduler.init_noise_sigma  # the noise's scale at the start
         self._takes_generator = "generator" in inspect.signature(self._scheduler.step).parameters
+
+    def start_from_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        """x_T (B, C, h, w) from standard normal noise: scaled to the schedule's first noise level."""
+        return noise * self.init_noise_sigma
+
+    def start_from(self, x_0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t (B, C, h, w) at the schedule's first timestep from clean latents x_0: q(x_t | x_0) with `noise`."""
+        return self._scheduler.add_noise(x_0, noise, self.timesteps[:1].repeat(x_0.shape[0]))
 
     def scale_input(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t as the model expects it at t (sigma-based samplers divide by sqrt(sigma^2 + 1))."""
@@ -100,12 +111,13 @@ def initial_noise(
 def denoise(
     predict: Predictor,
     schedule: Schedule,
-    noise: torch.Tensor,
+    x_start: torch.Tensor,
     generators: list[torch.Generator],
     on_step: StepCallback | None = None,
 ) -> torch.Tensor:
-    """Run the sampler from `noise` (B, C, h, w) to clean latents x_0 (B, C, h, w)."""
-    x_t = noise * schedule.init_noise_sigma
+    """Run the sampler from `x_start` (B, C, h, w), the latents at the schedule's first timestep
+    (`Schedule.start_from_noise`, `Schedule.start_from`), to clean latents x_0 (B, C, h, w)."""
+    x_t = x_start
     total = len(schedule.timesteps)
     for i, t in enumerate(schedule.timesteps):
         pred = predict(schedule.scale_input(x_t, t), t)
