@@ -34,6 +34,7 @@ demo: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_loop.py
+	$(BIN)/python benchmarks/bench_loop.py --strength 0.6  # img2img against StableDiffusionImg2ImgPipeline
 	# start-up as installed: bytecode written, as pip writes it for a regular install (an editable install has
 	# none, and where PYTHONDONTWRITEBYTECODE is set every start would compile the sources again)
 	$(BIN)/python -m compileall -q src

@@ -1,10 +1,13 @@
-"""Our loop against diffusers' StableDiffusionPipeline: same model, same settings, alternating runs in one process.
+"""Our loop against diffusers' StableDiffusionPipeline (with `--strength`: img2img against
+StableDiffusionImg2ImgPipeline, from a picture drawn here): same model, same settings, alternating runs in one process.
 
-Prints the ratio of wall times (ours / diffusers; target: at most 1.00) and our overhead per step outside the U-Net
-(everything the loop does around its U-Net calls: scheduler, guidance, bookkeeping). By default on a random model
-with SD's architecture at a small width, built here offline; `--model` times any diffusers folder instead.
+Prints the ratio of wall times (ours / diffusers; target: at most 1.00), the largest pixel difference, and our
+overhead per step outside the U-Net (everything the loop does around its U-Net calls: scheduler, guidance,
+bookkeeping). By default on a random model with SD's architecture at a small width, built here offline; `--model`
+times any diffusers folder instead.
 
     python benchmarks/bench_loop.py [--model FOLDER] [--steps 20] [--rounds 7] [--sampler dpm++2m-karras] [--threads N]
+                                    [--strength S]
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from pathlib import Path
 import diffusers
 import numpy as np
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from PIL import Image
 
 import sdcli.engine
 
@@ -34,6 +38,14 @@ from sdcli.recipe import Request
 from sdcli.sampling.samplers import get_sampler
 
 PROMPT = "a red circle on a white background"
+
+
+def draw_picture(width: int, height: int) -> Image.Image:
+    """An init image: a gradient per channel (across, down, out from the centre)."""
+    across = Image.linear_gradient("L").rotate(90).resize((width, height))
+    down = Image.linear_gradient("L").resize((width, height))
+    centre = Image.radial_gradient("L").resize((width, height))
+    return Image.merge("RGB", (across, down, centre))
 
 
 class Clock:
@@ -67,6 +79,7 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, default=7.5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own choice)")
+    parser.add_argument("--strength", type=float, help="img2img at this strength (default: text to image)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -85,7 +98,8 @@ def main() -> None:
         dtype = resolve_dtype("auto", device)
         model = load_model(resolve_model(folder), device, dtype)
         sampler = get_sampler(args.sampler)
-        pipe = StableDiffusionPipeline(
+        pipeline = StableDiffusionPipeline if args.strength is None else StableDiffusionImg2ImgPipeline
+        pipe = pipeline(
             vae=model.vae,
             text_encoder=model.text_encoder,
             tokenizer=model.tokenizer,
@@ -97,7 +111,13 @@ def main() -> None:
         )
         pipe.set_progress_bar_config(disable=True)
         width, height = model.native_size
-        request = Request.of(prompt=PROMPT, seed=0, cfg=args.cfg, steps=args.steps, sampler=args.sampler)
+        img2img, from_image = {}, {}  # img2img: our settings, and the pipeline's arguments
+        if args.strength is not None:
+            picture = draw_picture(width, height)
+            picture.save(Path(scratch) / "init.png")
+            img2img = {"init_image": str(Path(scratch) / "init.png"), "strength": args.strength}
+            from_image = {"image": picture, "strength": args.strength}
+        request = Request.of(prompt=PROMPT, seed=0, cfg=args.cfg, steps=args.steps, sampler=args.sampler, **img2img)
 
         def ours() -> np.ndarray:
             (made,) = make_images(model, request)
@@ -105,7 +125,9 @@ def main() -> None:
 
         def theirs() -> np.ndarray:
             generator = torch.Generator("cpu").manual_seed(0)
-            image = pipe(PROMPT, num_inference_steps=args.steps, guidance_scale=args.cfg, generator=generator).images[0]
+            image = pipe(
+                PROMPT, num_inference_steps=args.steps, guidance_scale=args.cfg, generator=generator, **from_image
+            ).images[0]
             return np.asarray(image)
 
         difference = int(np.abs(ours().astype(int) - theirs().astype(int)).max())  # also the warm-up
@@ -127,7 +149,9 @@ def main() -> None:
     ours_s, theirs_s = statistics.median(times["ours"]), statistics.median(times["diffusers"])
     print(f"model: {args.model or 'random, SD-shaped (U-Net channels 64, 128; VAE 3 blocks; 16x16x4 latents)'}")
     print(f"device: {device} ({str(dtype).removeprefix('torch.')}), threads: {torch.get_num_threads()}")
-    print(f"settings: {width}x{height}, {args.sampler}, {args.steps} steps, cfg {args.cfg}, {args.rounds} rounds")
+    mode = "text to image" if args.strength is None else f"img2img, strength {args.strength:g}"
+    print(f"settings: {mode}, {width}x{height}, {args.sampler}, {args.steps} steps, cfg {args.cfg}, "
+          f"{args.rounds} rounds")  # fmt: skip
     print(f"max pixel difference ours vs diffusers: {difference}/255")
     print(f"median seconds per image: ours {ours_s:.3f}, diffusers {theirs_s:.3f}")
     print(f"ratio ours / diffusers: {ours_s / theirs_s:.3f}")

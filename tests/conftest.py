@@ -38,6 +38,12 @@ def tiny_v_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-v", prediction_type="v_prediction", seed=1)
 
 
+@pytest.fixture(scope="session")
+def tiny_inpaint_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An inpainting model: the U-Net takes 9 channels (latents, the mask, the masked image's latents)."""
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-inpaint", in_channels=9, seed=2)
+
+
 def _load(folder: Path) -> Model:
     return load_model(resolve_model(str(folder)), torch.device("cpu"), torch.float32)
 
@@ -50,6 +56,11 @@ def loaded(tiny_model: Path) -> Model:
 @pytest.fixture(scope="session")
 def loaded_v(tiny_v_model: Path) -> Model:
     return _load(tiny_v_model)
+
+
+@pytest.fixture(scope="session")
+def loaded_inpaint(tiny_inpaint_model: Path) -> Model:
+    return _load(tiny_inpaint_model)
 
 
 @pytest.fixture(autouse=True)

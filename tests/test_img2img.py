@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import diffusers
 import numpy as np
@@ -28,21 +29,24 @@ STEPS = 6
 SIZE = (24, 16)  # (width, height): not square, so a swapped side would show
 
 
-@pytest.fixture(scope="module")
-def init_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 24x16 picture with structure: a red disc on white, a blue bar."""
+def draw_init_image(folder: Path) -> Path:
+    """`folder`/init.png: a 24x16 picture with structure, a red disc on white, a blue bar."""
     x, y = np.meshgrid(np.arange(SIZE[0]), np.arange(SIZE[1]))
     pixels = np.full((SIZE[1], SIZE[0], 3), 255, dtype=np.uint8)
     pixels[(x - 8) ** 2 + (y - 8) ** 2 < 25] = (220, 30, 30)
     pixels[:, 18:21] = (20, 40, 200)
-    path = tmp_path_factory.mktemp("init") / "init.png"
-    Image.fromarray(pixels).save(path)
-    return path
+    Image.fromarray(pixels).save(folder / "init.png")
+    return folder / "init.png"
+
+
+@pytest.fixture(scope="module")
+def init_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return draw_init_image(tmp_path_factory.mktemp("init"))
 
 
 class Img2ImgOracle:
-    def __init__(self, folder: Path):
-        self.pipe = StableDiffusionImg2ImgPipeline.from_pretrained(folder, safety_checker=None)
+    def __init__(self, folder: Path, pipeline: type = StableDiffusionImg2ImgPipeline, **options: Any):
+        self.pipe = pipeline.from_pretrained(folder, **options)
         self.pipe.set_progress_bar_config(disable=True)
         self.config = self.pipe.scheduler.config
 
@@ -64,7 +68,10 @@ class Img2ImgOracle:
 
 @pytest.fixture(scope="module")
 def oracles(tiny_model: Path, tiny_v_model: Path) -> dict[str, Img2ImgOracle]:
-    return {"epsilon": Img2ImgOracle(tiny_model), "v_prediction": Img2ImgOracle(tiny_v_model)}
+    return {
+        "epsilon": Img2ImgOracle(tiny_model, safety_checker=None),
+        "v_prediction": Img2ImgOracle(tiny_v_model, safety_checker=None),
+    }
 
 
 def ours(model: Model, sampler: str, init: Path, strength: float, negative: str = "", **more) -> np.ndarray:

@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 from test_bad_input import refused
+from test_img2img import Img2ImgOracle, draw_init_image
+from test_img2img import ours as ours_img2img
 from test_oracle import CASES, PROMPT, SEED, STEPS, TOLERANCE, Oracle, max_difference, ours
 from tiny_sd import build_tiny_sdxl, make_request
 from typer.testing import CliRunner
@@ -109,6 +111,28 @@ def test_sdxl_matches_diffusers_pipeline(sampler: str, zeros: bool, models, orac
         assert got.shape == (height, width, 3)
         assert want.std() > 5, "a flat image would make the comparison meaningless"
         assert max_difference(got, want) <= TOLERANCE, (negative, width, height)
+
+
+@pytest.fixture(scope="module")
+def init_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return draw_init_image(tmp_path_factory.mktemp("init"))
+
+
+@pytest.fixture(scope="module")
+def img2img_oracle(folders: dict[bool, Path]) -> Img2ImgOracle:
+    return Img2ImgOracle(folders[True], StableDiffusionXLImg2ImgPipeline, add_watermarker=False)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_sdxl_img2img_matches_diffusers_img2img_pipeline(sampler: str, models, img2img_oracle, init_image: Path):
+    """A base model's img2img (`requires_aesthetics_score` False: the size conditioning of text to image, the
+    image's own size), the VAE encoding in its dtype, no `denoising_start`: diffusers' pixels."""
+    for strength, negative in ((0.3, ""), (0.8, "blue square"), (0.8, "")):
+        want = img2img_oracle.image(sampler, init_image, strength, negative)
+        got = ours_img2img(models[True], sampler, init_image, strength, negative)
+        assert got.shape == want.shape == (16, 24, 3)
+        assert want.std() > 5
+        assert max_difference(got, want) <= TOLERANCE, (strength, negative)
 
 
 def test_force_zeros_changes_only_images_with_an_empty_negative_prompt(models):

@@ -253,6 +253,73 @@ def test_negative_scales_as_a_second_axis(tiny_model: Path, tmp_path: Path):
     assert (swept == np.asarray(Image.open(tmp_path / "plain.png"))).all()
 
 
+@pytest.fixture
+def picture(tmp_path: Path) -> Path:
+    """A 24x16 init image (the tiny model's native size is 16x16)."""
+    ramp = Image.linear_gradient("L").resize((24, 16))
+    path = tmp_path / "init.png"
+    Image.merge("RGB", (ramp, ramp.transpose(Image.Transpose.FLIP_TOP_BOTTOM), ramp.point(lambda v: 60))).save(path)
+    return path
+
+
+def test_strengths_as_a_second_axis_from_an_init_image(tiny_model: Path, picture: Path, tmp_path: Path):
+    out = tmp_path / "s"
+    result = run("sweep-guidance", "a cat", "-m", str(tiny_model), "--steps", "4", "--sampler", "euler", "-i",
+                 str(picture), "--strength", "0.5,1", "--cfg", "3", "--seeds", "1", "--seed", "2",
+                 "--out-dir", str(out), "--json", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()][:2]
+    assert [(r["strength"], r["init_image"], r["width"], r["height"]) for r in rows] == [
+        (0.5, str(picture), 24, 16), (1.0, str(picture), 24, 16),
+    ]  # fmt: skip
+    assert sorted(p.name for p in out.glob("cfg*.png")) == ["cfg3-strength0.5-seed2.png", "cfg3-strength1-seed2.png"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["axis"] == "strength" and [c["strength"] for c in metrics["cells"]] == [0.5, 1.0]
+    alone = run("generate", "a cat", "-m", str(tiny_model), "--steps", "4", "--sampler", "euler", "-i", str(picture),
+                "--strength", "0.5", "--cfg", "3", "--seed", "2", "-o", str(tmp_path / "alone.png"))  # fmt: skip
+    assert alone.exit_code == 0, alone.stderr
+    swept = np.asarray(Image.open(out / "cfg3-strength0.5-seed2.png"))
+    assert (swept == np.asarray(Image.open(tmp_path / "alone.png"))).all()
+    layout = sheet_layout((24, 16), ["cfg 3"], ["strength 0.5", "strength 1"])
+    assert Image.open(out / "grid.png").size == layout.size
+
+
+def test_one_strength_is_the_setting_of_every_cell(tiny_model: Path, picture: Path, tmp_path: Path):
+    out = tmp_path / "s"
+    result = run("sweep-guidance", "a cat", "-m", str(tiny_model), *FAST, "-i", str(picture), "--strength", "0.5",
+                 "--cfg", "1,3", "--seeds", "1", "--seed", "2", "--out-dir", str(out), "--json", "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()][:2]
+    assert [(r["cfg"], r["strength"], r["unet_evaluations"]) for r in rows] == [(1, 0.5, 1), (3, 0.5, 2)]
+    assert json.loads((out / "metrics.json").read_text())["axis"] is None
+    assert sorted(p.name for p in out.glob("cfg*.png")) == ["cfg1-seed2.png", "cfg3-seed2.png"]
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "words"),
+    [
+        ("text", [], ["not a readable image"]),
+        ("missing", [], ["does not exist"]),
+        (None, ["--strength", "0.3,0.5"], ["--strength", "--init-image"]),
+        ("ok", ["--strength", "0.2,0.5", "--steps", "4"], ["--strength 0.2", "runs no step"]),
+        ("ok", ["--strength", "0.5,1.5"], ["--strength", "at most 1"]),
+        ("ok", ["--strength", "0.3,x"], ["--strength"]),
+        ("ok", ["--strength", "0.3,0.5", "--sampler", "euler,ddim"], ["--sampler and --strength", "second axis"]),
+    ],
+)
+def test_bad_init_images_and_strengths_are_refused_before_any_work(
+    tiny_model: Path, picture: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make, args, words
+):
+    monkeypatch.setattr("sdcli.workflows.sweep.load_for", pytest.fail)  # refused before the model loads
+    path = {"ok": picture, "text": tmp_path / "notes.txt", "missing": tmp_path / "missing.png"}.get(make)
+    (tmp_path / "notes.txt").write_text("not a picture")
+    init = ["-i", str(path)] if path is not None else []
+    result = run("sweep-guidance", "a cat", "-m", str(tiny_model), *init, *args, "--out-dir", str(tmp_path / "s"))
+    assert result.exit_code == 2, result.stderr
+    assert all(word in result.stderr for word in words) and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "s").exists()
+
+
 def test_shapes_model_is_judged_on_the_attributes_the_prompt_names(tiny_model: Path, tmp_path: Path):
     shapes = tmp_path / "shapes"  # a model folder named like the built-in one gets its judge
     shutil.copytree(tiny_model, shapes)

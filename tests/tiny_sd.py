@@ -35,9 +35,11 @@ def build_tiny_sd(
     vae_channels: tuple[int, ...] = (32, 64),
     text_width: int = 32,
     sample_size: int = 8,
+    in_channels: int = 4,
     seed: int = 0,
 ) -> Path:
-    """Save a random SD model with `len(vae_channels)` VAE blocks (latent scale 2 ** (blocks - 1)) to `folder`."""
+    """Save a random SD model with `len(vae_channels)` VAE blocks (latent scale 2 ** (blocks - 1)) to `folder`;
+    `in_channels=9` makes an inpainting model (the U-Net also takes the mask and the masked image's latents)."""
     folder = Path(folder)
     torch.manual_seed(seed)
     tokenizer = write_word_tokenizer(WORDS, folder / "_tokenizer")
@@ -46,7 +48,7 @@ def build_tiny_sd(
         block_out_channels=unet_channels,
         layers_per_block=1,
         sample_size=sample_size,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (n - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (n - 1) + ("UpBlock2D",),

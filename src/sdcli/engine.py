@@ -9,7 +9,8 @@
 7. write: the workflows (`sdcli.workflows`) write what the engine yields, each in its own way
 
 Text-to-image is its first mode. A mode that starts from an image (img2img, inpainting) is a variant of step 4
-(initial latents from the image, a truncated schedule); an adapter is a part of step 2 or 3.
+(initial latents from the image, a truncated schedule); inpainting also adds the mask to step 5 (as the U-Net's input,
+or blended in after each step) and its overlay to step 6 (`sdcli.inpaint`); an adapter is a part of step 2 or 3.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from functools import partial
+from dataclasses import asdict, dataclass, replace
 from itertools import groupby
 from pathlib import Path
 from typing import TypeVar
@@ -31,13 +31,23 @@ from sdcli.errors import UsageError
 from sdcli.guidance.cfg import CountedDenoiser, needs_unconditional
 from sdcli.guidance.context import GuidanceContext
 from sdcli.guidance.registry import guided_predictor
-from sdcli.inputs import encode_image, image_size, read_picture, sample_x0, schedule_steps
+from sdcli.hires import hires_size, upscale
+from sdcli.inpaint import MASK_OPTION, Inpainting, check_mask, prepare_inpainting
+from sdcli.inputs import (
+    check_recorded,
+    check_runs_a_step,
+    encode_image,
+    image_size,
+    read_picture,
+    sample_x0,
+    schedule_steps,
+)
 from sdcli.loading.components import Model, load_model
 from sdcli.loading.devices import DTYPE_NAMES, resolve_device, resolve_dtype
 from sdcli.loading.geometry import check_size
 from sdcli.loading.references import resolve_model, resolve_vae
 from sdcli.output.images import decode, to_pil
-from sdcli.recipe import ImageRecord, Recipe, Request
+from sdcli.recipe import MAX_SIDE, Hires, ImageRecord, Recipe, Request
 from sdcli.sampling.loop import Schedule, StepCallback, build_scheduler, denoise, initial_noise, unet_denoiser
 from sdcli.sampling.samplers import get_sampler
 from sdcli.text.conditioning import Branches, Conditioning
@@ -88,25 +98,23 @@ def size_of(model: Model, recipe: Recipe) -> tuple[int, int]:
         default = model.native_size
     width, height = recipe.width or default[0], recipe.height or default[1]
     check_size(width, height, model.latent_scale)
+    if recipe.hires is not None:
+        final = hires_size(width, height, recipe.hires.scale, model.latent_scale)
+        if max(final) > MAX_SIDE:
+            raise UsageError(
+                f"--hires-scale {recipe.hires.scale:g} of {width}x{height} makes {final[0]}x{final[1]}, over "
+                f"{MAX_SIDE} pixels a side; use a smaller --hires-scale or size"
+            )
     return width, height
 
 
 def check_inputs(recipe: Recipe) -> None:
-    """The recipe's image inputs: readable, the same file a replay recorded, and strength enough for a step."""
-    if recipe.init_image is None:
-        return
-    picture = read_picture(Path(recipe.init_image))
-    if recipe.init_image_sha256 not in (None, picture.sha256):
-        raise UsageError(
-            f"--init-image {recipe.init_image} is not the image this was made from (sha256 "
-            f"{recipe.init_image_sha256[:12]}... recorded, {picture.sha256[:12]}... now); give that image with "
-            "--init-image"
-        )
-    if schedule_steps(recipe.steps, recipe.resolved_strength) < 1:
-        raise UsageError(
-            f"--strength {recipe.resolved_strength:g} of --steps {recipe.steps} runs no step (int(steps x strength) "
-            "is 0); raise --strength or --steps"
-        )
+    """The recipe's image inputs (readable, the files a replay recorded) and its passes (each runs a step)."""
+    if recipe.init_image is not None:
+        check_recorded(Path(recipe.init_image), recipe.init_image_sha256, "--init-image")
+        check_runs_a_step(recipe.steps, recipe.resolved_strength, "--strength", "--steps")
+    if recipe.hires is not None:
+        check_runs_a_step(recipe.hires.steps, recipe.hires.strength, "--hires-strength", "--hires-steps")
 
 
 def check(model: Model, recipes: Sequence[Recipe]) -> tuple[int, int]:
@@ -115,6 +123,7 @@ def check(model: Model, recipes: Sequence[Recipe]) -> tuple[int, int]:
     if any(batch_key(recipe) != batch_key(recipes[0]) for recipe in recipes):
         raise ValueError("make_batched takes recipes that differ only in prompts and seed")
     check_inputs(recipes[0])
+    check_mask(model, recipes[0])
     return size_of(model, recipes[0])
 
 
@@ -148,7 +157,7 @@ def encode(model: Model, recipe: Recipe, height: int, width: int) -> Branches:
     the empty prompt) unless w = 1 needs none; each separate negative whose scale is not 0. Contexts (1, L, D),
     L = 77 per chunk, the same for all the branches."""
     negatives = recipe.separate_negatives
-    with_uncond = needs_unconditional(recipe.cfg, recipe.neg_weight, len(negatives))
+    with_uncond = needs_unconditional(recipe.cfg, recipe.neg_weight, len(negatives), get_sampler(recipe.sampler).cfg_pp)
     replace_mode = recipe.neg_mode == "replace"
     if recipe.negative_prompt and replace_mode and not with_uncond:
         log.warning("at --cfg 1 only the conditional branch runs: the negative prompt has no effect")
@@ -171,24 +180,55 @@ def encode(model: Model, recipe: Recipe, height: int, width: int) -> Branches:
 
 def prepare_latents(
     model: Model, scheduler: SchedulerMixin, recipes: Sequence[Recipe], height: int, width: int
-) -> tuple[torch.Tensor, Schedule, list[torch.Generator]]:
-    """A batch's start, x (n, C, h, w) at the schedule's first timestep, its schedule, and each image's own
-    seeded generator, which draws (in this order) its init image's posterior sample, its noise, its sampler noise.
-    From noise: the full schedule, x_T = sigma_max noise. From an init image (img2img): the schedule truncated by
-    the strength, x_t = q(x_t | x_0) at its first timestep."""
+) -> tuple[torch.Tensor, Schedule, list[torch.Generator], Inpainting | None]:
+    """A batch's start, x (n, C, h, w) at the schedule's first timestep, its schedule, each image's own seeded
+    generator, which draws (in this order) its init image's posterior sample, its noise, its sampler noise, and its
+    inpainting (None without a mask). From noise: the full schedule, x_T = sigma_max noise. From an init image
+    (img2img): the schedule truncated by the strength, x_t = q(x_t | x_0) at its first timestep. With a mask too:
+    `sdcli.inpaint`'s draws and start."""
     recipe = recipes[0]
     generators = [torch.Generator("cpu").manual_seed(r.seed) for r in recipes]
     latent_shape = (model.latent_channels, height // model.latent_scale, width // model.latent_scale)  # (C, h, w)
     if recipe.init_image is None:
         schedule = Schedule(scheduler, recipe.steps, model.device)
         noise = initial_noise(generators, latent_shape, model.device, model.dtype)  # (n, C, h, w)
-        return schedule.start_from_noise(noise), schedule, generators
-    posterior = encode_image(model.vae, Path(recipe.init_image), height, width, model.vae.dtype)
-    x_0 = sample_x0(posterior, generators, model.vae.config.scaling_factor).to(model.dtype)  # (n, C, h, w)
-    noise = initial_noise(generators, latent_shape, model.device, model.dtype)  # (n, C, h, w)
+        return schedule.start_from_noise(noise), schedule, generators, None
     steps = schedule_steps(recipe.steps, recipe.resolved_strength)
     schedule = Schedule(scheduler, recipe.steps, model.device, first=recipe.steps - steps)
-    return schedule.start_from(x_0, noise), schedule, generators
+    if recipe.mask is not None:
+        x_start, inpainting = prepare_inpainting(model, recipe, schedule, generators, height, width)
+        return x_start, schedule, generators, inpainting
+    posterior = encode_image(model.vae, Path(recipe.init_image), height, width)
+    x_0 = sample_x0(posterior, generators, model.vae.config.scaling_factor).to(model.dtype)  # (n, C, h, w)
+    noise = initial_noise(generators, latent_shape, model.device, model.dtype)  # (n, C, h, w)
+    return schedule.start_from(x_0, noise), schedule, generators, None
+
+
+def hires_schedule(model: Model, scheduler: SchedulerMixin, hires: Hires) -> Schedule:
+    """The hires pass's schedule: its steps, truncated by its strength as img2img's."""
+    return Schedule(
+        scheduler, hires.steps, model.device, first=hires.steps - schedule_steps(hires.steps, hires.strength)
+    )
+
+
+def hires_fix(
+    model: Model,
+    schedule: Schedule,
+    context: GuidanceContext,
+    latents: torch.Tensor,
+    generators: list[torch.Generator],
+    size: tuple[int, int],
+    on_step: StepCallback,
+) -> torch.Tensor:
+    """5b. The hires fix's second pass over the first pass's clean latents (n, C, h, w): upscaled to the larger
+    size (width, height), then img2img there on `schedule` with the same guidance, each image's generator drawing
+    on (its posterior sample with the lanczos upscaler, then its noise, then its sampler's)."""
+    width, height = size
+    x_0 = upscale(model.vae, latents, context.recipe.hires.upscaler, width, height, generators)  # (n, C, h', w')
+    noise = initial_noise(generators, tuple(x_0.shape[1:]), model.device, model.dtype)  # (n, C, h', w')
+    branches = context.branches.with_size(height, width) if model.size_conditioned else context.branches
+    predict = guided_predictor(replace(context, branches=branches))
+    return denoise(predict, schedule, schedule.start_from(x_0, noise), generators, on_step)
 
 
 def _record(model: Model, recipe: Recipe, width: int, height: int) -> ImageRecord:
@@ -200,7 +240,14 @@ def _record(model: Model, recipe: Recipe, width: int, height: int) -> ImageRecor
         "classifier_scale": recipe.resolved_classifier_scale,
         "strength": recipe.resolved_strength,
         "init_image_sha256": None if recipe.init_image is None else read_picture(Path(recipe.init_image)).sha256,
+        "mask_sha256": None if recipe.mask is None else read_picture(Path(recipe.mask), MASK_OPTION).sha256,
     }
+    if recipe.hires is not None:
+        resolved |= {
+            "hires_strength": recipe.hires.strength,
+            "hires_steps": recipe.hires.steps,
+            "hires_upscaler": recipe.hires.upscaler,
+        }
     return ImageRecord(
         **{**asdict(recipe), **resolved},
         device=model.device.type,
@@ -217,7 +264,7 @@ def make_batched(
     # 1. Check.
     width, height = check(model, recipes)
     settings = recipes[0]
-    scheduler = build_scheduler(get_sampler(settings.sampler), model.scheduler_config)
+    scheduler = build_scheduler(get_sampler(settings.sampler), model.scheduler_config, settings.schedule)
     # 3. Encode each distinct set of prompts once.
     distinct = {recipe.prompts: recipe for recipe in recipes}
     encoded = {prompts: encode(model, recipe, height, width) for prompts, recipe in distinct.items()}
@@ -228,22 +275,40 @@ def make_batched(
         for batch in chunked(list(run), batch_size)
     ]
 
-    def report(batch_index: int, done: int, per_batch: int) -> None:
-        if on_step is not None:
-            on_step(batch_index * per_batch + done, per_batch * len(batches))
+    def progress(batch_index: int, before: int, per_batch: int) -> StepCallback:
+        """`on_step` over all the images for a pass of batch `batch_index` that starts `before` calls in."""
+
+        def report(done: int, _: int) -> None:
+            if on_step is not None:
+                on_step(batch_index * per_batch + before + done, per_batch * len(batches))
+
+        return report
 
     for batch_index, batch in enumerate(batches):
         start = time.perf_counter()
         batch_recipes = [recipe for recipe, _ in batch]
         # 4. Prepare latents.
-        x_start, schedule, generators = prepare_latents(model, scheduler, batch_recipes, height, width)
-        # 5. Denoise with every guidance method the recipe turns on.
-        denoiser = CountedDenoiser(unet_denoiser(model.unet))
+        x_start, schedule, generators, inpainting = prepare_latents(model, scheduler, batch_recipes, height, width)
+        hires = None if settings.hires is None else hires_schedule(model, scheduler, settings.hires)
+        calls = len(schedule.timesteps) + (0 if hires is None else len(hires.timesteps))
+        # 5. Denoise with every guidance method the recipe turns on (inpainting: the mask as the U-Net's input, or
+        # the kept area blended back after each step).
+        unet, after_step = unet_denoiser(model.unet), None
+        if inpainting is not None:
+            unet, after_step = inpainting.denoiser(unet), inpainting.after_step(schedule)
+        denoiser = CountedDenoiser(unet)
         branches = Branches.cat([b for _, b in batch])  # contexts (n, L, D)
-        predict = guided_predictor(GuidanceContext(denoiser, branches, settings, scheduler.alphas_cumprod, model))
-        latents = denoise(predict, schedule, x_start, generators, partial(report, batch_index))  # (n, C, h, w)
+        context = GuidanceContext(denoiser, branches, settings, scheduler.alphas_cumprod, model)
+        on_first_step = progress(batch_index, 0, calls)
+        latents = denoise(guided_predictor(context), schedule, x_start, generators, on_first_step, after_step)
+        if hires is not None:  # 5b. The hires fix: upscaled, denoised again.
+            size = hires_size(width, height, settings.hires.scale, model.latent_scale)
+            on_hires_step = progress(batch_index, len(schedule.timesteps), calls)
+            latents = hires_fix(model, hires, context, latents, generators, size, on_hires_step)
         # 6. Decode.
         pictures = to_pil(decode(model.vae, latents))
+        if inpainting is not None:
+            pictures = inpainting.overlay(pictures)
         seconds = (time.perf_counter() - start) / len(batch)
         for recipe, image in zip(batch_recipes, pictures, strict=True):
             record = _record(model, recipe, width, height)

@@ -75,13 +75,13 @@ def image_size(path: Path, scale: int) -> tuple[int, int]:
     diffusers' image processor does), with a warning when that changes it."""
     picture = read_picture(path)
     width, height = (side - side % scale for side in picture.image.size)
+    if min(width, height) < scale:
+        raise UsageError(f"--init-image {path} is smaller than {scale} pixels a side; give a larger image")
     if (width, height) != picture.image.size:
         log.warning(
             "%s is %dx%d: made at %dx%d, the nearest multiple of the latent scale %d below",
             path, *picture.image.size, width, height, scale,
         )  # fmt: skip
-    if min(width, height) < scale:
-        raise UsageError(f"--init-image {path} is smaller than {scale} pixels a side; give a larger image")
     return width, height
 
 
@@ -90,13 +90,46 @@ def schedule_steps(steps: int, strength: float) -> int:
     return min(int(steps * strength), steps)
 
 
-@torch.inference_mode()
-def encode_image(vae: AutoencoderKL, path: Path, height: int, width: int, dtype: torch.dtype):
-    """The init image resized to height x width (Lanczos, as diffusers' `VaeImageProcessor`), in [-1, 1], through
-    the VAE's encoder: its posterior (a diagonal Gaussian over latents (1, C, h, w)), to sample per image."""
+def check_runs_a_step(steps: int, strength: float, strength_flag: str, steps_flag: str) -> None:
+    """A usage error unless a pass of `steps` at `strength` runs at least one step."""
+    if schedule_steps(steps, strength) < 1:
+        raise UsageError(
+            f"{strength_flag} {strength:g} of {steps_flag} {steps} runs no step (int(steps x strength) is 0); raise "
+            f"{strength_flag} or {steps_flag}"
+        )
+
+
+def check_recorded(path: Path, recorded_sha256: str | None, option: str) -> None:
+    """The image at `path` is readable and, where a replay recorded its sha256, the same file."""
+    picture = read_picture(path, option)
+    if recorded_sha256 not in (None, picture.sha256):
+        raise UsageError(
+            f"{option} {path} is not the image this was made from (sha256 {recorded_sha256[:12]}... recorded, "
+            f"{picture.sha256[:12]}... now); give that image with {option}"
+        )
+
+
+def vae_pixels(vae: AutoencoderKL, image: Image.Image, height: int, width: int) -> torch.Tensor:
+    """An image resized to height x width (Lanczos, as diffusers' `VaeImageProcessor`), in [-1, 1]: (1, 3, H, W)."""
     processor = VaeImageProcessor(vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1))
-    pixels = processor.preprocess(read_picture(path).image, height=height, width=width)  # (1, 3, H, W)
-    return vae.encode(pixels.to(vae.device, dtype)).latent_dist
+    return processor.preprocess(image, height=height, width=width)
+
+
+@torch.inference_mode()
+def posterior_of(vae: AutoencoderKL, pixels: torch.Tensor):
+    """Pixels (1, 3, H, W) in [-1, 1] through the VAE's encoder in its own dtype: its posterior (a diagonal
+    Gaussian over latents (1, C, h, w)), to sample per image."""
+    return vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist
+
+
+def encode_pixels(vae: AutoencoderKL, image: Image.Image, height: int, width: int):
+    """An image resized to height x width through the VAE's encoder: its posterior (`vae_pixels`, `posterior_of`)."""
+    return posterior_of(vae, vae_pixels(vae, image, height, width))
+
+
+def encode_image(vae: AutoencoderKL, path: Path, height: int, width: int):
+    """The init image at `path` through the VAE's encoder (see `encode_pixels`)."""
+    return encode_pixels(vae, read_picture(path).image, height, width)
 
 
 def sample_x0(posterior, generators: list[torch.Generator], scaling_factor: float) -> torch.Tensor:

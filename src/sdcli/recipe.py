@@ -24,15 +24,30 @@ from typing import Any
 
 from sdcli.errors import UsageError
 from sdcli.sampling.samplers import NAMES as SAMPLER_NAMES
-from sdcli.sampling.samplers import from_a1111_name, get_sampler
+from sdcli.sampling.samplers import (
+    SCHEDULE_NAMES,
+    from_a1111_name,
+    from_a1111_schedule,
+    get_sampler,
+    get_schedule,
+    resolve_schedule,
+)
 
 DEFAULT_MODEL = "shapes"  # the built-in model, used when neither --model nor $SDCLI_MODEL names one
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 NEG_MODES = ("replace", "separate")  # the negative prompt as the unconditional branch, or as terms of their own
+# APG's defaults (sdcli.guidance.apg): eta 0 as the paper recommends; r and beta as diffusers' guider (beta 0: off).
+DEFAULT_APG_ETA = 0.0
+DEFAULT_APG_NORM_THRESHOLD = 15.0
+DEFAULT_APG_MOMENTUM = 0.0
+UPSCALERS = ("lanczos", "latent")  # the hires fix's: in pixels (Pillow's Lanczos) or in latents (bilinear)
 PREDICTION_TYPES = ("epsilon", "v_prediction")  # diffusers' names, as in a scheduler config
 DEFAULT_CLASSIFIER_SCALE = 10.0  # s of classifier guidance, when --classifier names targets
 DEFAULT_STRENGTH = 0.75  # img2img's denoising strength, when --init-image names an image
+MAX_MASK_BLUR = 256  # pixels: AUTOMATIC1111's slider stops at 64
+DEFAULT_HIRES_STRENGTH = 0.5  # the hires pass's, when --hires-scale asks for one
+MAX_HIRES_SCALE = 4.0
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 # Limits checked before any work: beyond them a run would exhaust memory or time rather than make an image.
 MAX_SIDE = 16384  # pixels per side (SDXL's native side is 1024)
@@ -124,8 +139,9 @@ class Infotext:
     """A setting's place in AUTOMATIC1111's `parameters` infotext: `Key: value` on its last line."""
 
     key: str
-    write: Callable[[Any], Any] | None = None  # the record -> the value written; None: the setting's value
+    write: Callable[[Any], Any] | None = None  # the record -> the value written (None: not written)
     read: Callable[[str], dict[str, Any]] | None = None  # the text -> settings; None: {name: parse_text(name, text)}
+    read_if: Callable[[Mapping[str, str]], bool] | None = None  # read only where the infotext's params say so
 
 
 @dataclass(frozen=True)
@@ -172,6 +188,12 @@ def declared(cls: type) -> Iterator[tuple[Field, Setting]]:
             yield f, f.metadata["setting"]
 
 
+def absolute_path(path: str | Path, folder: Path = Path()) -> str:
+    """A setting's file or folder (declared with `path=True`) as recorded: absolute, a relative one taken from
+    `folder` (the working directory, or a batch file's folder), `~` expanded."""
+    return str((folder / Path(path).expanduser()).resolve())
+
+
 def check_settings(instance: Any) -> None:
     """Every declared setting of `instance` against its check (None passes for settings that default to None)."""
     for f, spec in declared(type(instance)):
@@ -200,6 +222,16 @@ def _check_classifier(text: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class Hires:
+    """The hires fix's second pass, resolved."""
+
+    scale: float  # the first pass's size times this, rounded down to the latent scale
+    strength: float
+    steps: int  # of its schedule, truncated by the strength
+    upscaler: str  # one of UPSCALERS
+
+
+@dataclass(frozen=True)
 class Recipe:
     """What makes one image: recorded in its PNG and replayed by `--from`."""
 
@@ -216,7 +248,7 @@ class Recipe:
     steps: int = setting(30, "Inference steps.", _whole(1, MAX_STEPS), infotext=Infotext("Steps"))
     sampler: str = setting(
         "dpm++2m-karras",
-        "One of `sdcli samplers`.",
+        "One of `sdcli samplers`; the CFG++ ones (-cfgpp) take --cfg as lambda in [0, 1].",
         (_check_sampler, "a sampler's name"),
         metavar="NAME",
         choices=SAMPLER_NAMES,
@@ -226,9 +258,24 @@ class Recipe:
             lambda text: {"sampler": from_a1111_name(text).name},
         ),
     )
+    schedule: str | None = setting(
+        None,
+        "Noise schedule (AUTOMATIC1111's Schedule type): default (the sampler's own), karras, exponential, beta "
+        "(diffusers' use_*_sigmas) or sgm-uniform (trailing timesteps); a -karras sampler is its sampler with "
+        "--schedule karras. Not every scheduler takes every schedule.",
+        _one_of(SCHEDULE_NAMES),
+        choices=SCHEDULE_NAMES,
+        show_default="the sampler's",
+        infotext=Infotext(
+            "Schedule type",
+            lambda record: None if record.schedule in (None, "default") else get_schedule(record.schedule).a1111_name,
+            from_a1111_schedule,
+        ),
+    )
     cfg: float = setting(
         7.5,
-        "Guidance scale w (1: the conditional model only, one U-Net pass; 0: the unconditional model).",
+        "Guidance scale w (1: the conditional model only, one U-Net pass; 0: the unconditional model); with a CFG++ "
+        "sampler, lambda in [0, 1].",
         FINITE,
         example="7.5",
         infotext=Infotext("CFG scale", lambda r: float(r.cfg)),
@@ -301,7 +348,80 @@ class Recipe:
         example="0.5",
         metavar="S",
         show_default=f"{DEFAULT_STRENGTH:g} with --init-image",
-        infotext=Infotext("Denoising strength"),
+        infotext=Infotext("Denoising strength", read_if=lambda params: "Hires upscale" not in params),
+    )
+    # Inpainting (sdcli.inpaint).
+    mask: str | None = setting(
+        None,
+        "Inpaint --init-image: repaint where this image is white, keep where it is black (grey: binarised at "
+        "half); resized to the output size. An inpainting model (9-channel U-Net) takes it as input, any other "
+        "model gets the kept area blended back after every step.",
+        NAME,
+        flags=("--mask",),
+        metavar="MASK",
+        path=True,
+        show_default="none",
+    )
+    mask_sha256: str | None = setting(None, "The mask's sha256: a replay refuses a changed file.", flags=None,
+                                      hash_of="mask")  # fmt: skip
+    mask_blur: int = setting(
+        4,
+        "Gaussian blur of the mask, its radius in the mask's pixels, before it is used (AUTOMATIC1111's); 0: none.",
+        _whole(0, MAX_MASK_BLUR),
+        metavar="PX",
+        infotext=Infotext("Mask blur", lambda record: None if record.mask is None else record.mask_blur),
+    )
+    mask_overlay: bool = setting(
+        True,
+        "After decoding, paste the kept area back from --init-image through the blurred mask (AUTOMATIC1111's "
+        "overlay), so that it is the input's pixels exactly; --no-mask-overlay keeps the decoded ones.",
+        FLAG,
+        flags=("--mask-overlay/--no-mask-overlay",),
+        show_default="on",
+    )
+    # The hires fix (sdcli.hires): AUTOMATIC1111 writes its strength as "Denoising strength" beside "Hires upscale".
+    hires_scale: float | None = setting(
+        None,
+        "Hires fix: make the image at the size asked for, upscale it by this factor, and denoise it again at the "
+        "larger size (img2img), in one command with one seed.",
+        (lambda v: _is_number(v) and 1 <= v <= MAX_HIRES_SCALE, f"a number from 1 to {MAX_HIRES_SCALE:g}"),
+        example="2",
+        metavar="F",
+        show_default="off",
+        infotext=Infotext("Hires upscale"),
+    )
+    hires_strength: float | None = setting(
+        None,
+        "Denoising strength of the hires pass, above 0 and at most 1.",
+        (lambda v: _is_number(v) and 0 < v <= 1, "a number above 0 and at most 1"),
+        example="0.5",
+        metavar="S",
+        show_default=f"{DEFAULT_HIRES_STRENGTH:g} with --hires-scale",
+        infotext=Infotext(
+            "Denoising strength",
+            write=lambda r: r.hires_strength if r.init_image is None else None,
+            read_if=lambda params: "Hires upscale" in params,
+        ),
+    )
+    hires_steps: int | None = setting(
+        None,
+        "Steps of the hires pass's schedule, of which it runs int(steps x strength).",
+        _whole(1, MAX_STEPS),
+        show_default="--steps",
+        infotext=Infotext("Hires steps"),
+    )
+    hires_upscaler: str | None = setting(
+        None,
+        "lanczos: the decoded image resized in pixels (Pillow), then encoded; latent: the latents resized "
+        "bilinearly (AUTOMATIC1111's Latent, best at --hires-strength 0.5 or more).",
+        _one_of(UPSCALERS),
+        choices=UPSCALERS,
+        show_default="lanczos with --hires-scale",
+        infotext=Infotext(
+            "Hires upscaler",
+            write=lambda r: r.hires_upscaler and r.hires_upscaler.title(),
+            read=lambda text: {"hires_upscaler": text.lower()} if text.lower() in UPSCALERS else {},
+        ),
     )
     # Guidance beyond plain CFG (sdcli.guidance) and prompt encoding (sdcli.text).
     extra_negative_prompts: tuple[str, ...] = setting(
@@ -329,6 +449,37 @@ class Recipe:
         example="0.7",
         metavar="PHI",
         show_default="0: off",
+    )
+    apg: bool = setting(
+        False,
+        "Adaptive projected guidance (Sadat et al. 2024) in CFG's place, on the denoised predictions D: D_c + (w - 1) "
+        "(Delta_orth + eta Delta_par), Delta = D_c - D_u with momentum, cut to norm r, split along D_c; the same "
+        "batched U-Net call; --cfg-rescale applies after it; replace mode only.",
+        FLAG,
+    )
+    apg_eta: float = setting(
+        DEFAULT_APG_ETA,
+        "APG's eta, 0 to 1: the weight of the update's part parallel to D_c (0, the paper's choice, drops it; 1 "
+        "keeps CFG's).",
+        (lambda v: _is_number(v) and 0 <= v <= 1, "a number from 0 to 1"),
+        example="0",
+        metavar="ETA",
+    )
+    apg_norm_threshold: float = setting(
+        DEFAULT_APG_NORM_THRESHOLD,
+        "APG's rescaling radius r: each image's update is cut to norm at most r (0: off); diffusers' default, "
+        "ComfyUI's is 5.",
+        (lambda v: _is_number(v) and v >= 0, "a number of at least 0"),
+        example="15",
+        metavar="R",
+    )
+    apg_momentum: float = setting(
+        DEFAULT_APG_MOMENTUM,
+        "APG's momentum beta, above -1 and below 1: the update is Delta_t + beta Delta_(t-1) summed over the steps "
+        "(negative: the paper's reverse momentum, e.g. -0.5; 0: off).",
+        (lambda v: _is_number(v) and -1 < v < 1, "a number above -1 and below 1"),
+        example="-0.5",
+        metavar="BETA",
     )
     guidance_interval: str | None = setting(
         None,
@@ -387,6 +538,69 @@ class Recipe:
             raise UsageError("--classifier-scale needs --classifier HEAD=LABEL (for example --classifier color=red)")
         if self.init_image is None and self.strength is not None:
             raise UsageError("--strength is img2img's: it needs --init-image IMAGE; add one, or leave out --strength")
+        if self.init_image is None and self.mask is not None:
+            raise UsageError(
+                "--mask says what to repaint of --init-image IMAGE; add the image to inpaint, or leave out --mask"
+            )
+        if self.mask is not None and self.hires_scale is not None:
+            raise UsageError(
+                "the hires fix's second pass does not inpaint; leave out --mask or --hires-scale (inpaint, then "
+                "upscale the result with --init-image and --hires-scale)"
+            )
+        for name in ("hires_strength", "hires_steps", "hires_upscaler"):
+            if self.hires_scale is None and getattr(self, name) is not None:
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{flag} is the hires fix's: it needs --hires-scale F; add one, or leave out {flag}")
+        resolve_schedule(get_sampler(self.sampler), self.schedule)  # a -karras name fixes its schedule
+        self._check_apg()
+        self._check_cfg_pp()
+
+    def _check_apg(self) -> None:
+        """APG's settings are APG's, and it combines one unconditional branch (replace mode)."""
+        for name, default in (
+            ("apg_eta", DEFAULT_APG_ETA),
+            ("apg_norm_threshold", DEFAULT_APG_NORM_THRESHOLD),
+            ("apg_momentum", DEFAULT_APG_MOMENTUM),
+        ):
+            if not self.apg and getattr(self, name) != default:
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(f"{flag} is APG's: it needs --apg; add it, or leave out {flag}")
+        if self.apg and self.neg_mode == "separate":
+            raise UsageError(
+                "--apg combines the conditional and one unconditional branch, not separate negatives; use "
+                "--neg-mode replace, or leave out --apg"
+            )
+
+    def _check_cfg_pp(self) -> None:
+        """A CFG++ sampler takes --cfg as lambda in [0, 1], and its step needs the unconditional prediction at every
+        step beside CFG's own combination."""
+        if not get_sampler(self.sampler).cfg_pp:
+            return
+        if not 0 <= self.cfg <= 1:
+            raise UsageError(
+                f"--sampler {self.sampler} (CFG++) takes --cfg as lambda from 0 to 1, not {self.cfg!r}; "
+                "for example --cfg 0.6"
+            )
+        base = self.sampler.removesuffix("-cfgpp")
+        for flag, given in (
+            ("--apg", self.apg),
+            ("--guidance-interval", self.guidance_interval is not None),
+            ("--classifier", self.classifier is not None),
+        ):
+            if given:
+                raise UsageError(
+                    f"--sampler {self.sampler} (CFG++) renoises along the unconditional prediction at every step, "
+                    f"which {flag} changes; leave out {flag}, or use --sampler {base}"
+                )
+
+    @property
+    def hires(self) -> Hires | None:
+        """The hires pass as it runs (defaults filled in), or None."""
+        if self.hires_scale is None:
+            return None
+        strength = DEFAULT_HIRES_STRENGTH if self.hires_strength is None else float(self.hires_strength)
+        upscaler = self.hires_upscaler or UPSCALERS[0]
+        return Hires(float(self.hires_scale), strength, self.hires_steps or self.steps, upscaler)
 
     @property
     def resolved_strength(self) -> float | None:

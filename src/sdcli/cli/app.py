@@ -22,7 +22,7 @@ from sdcli.cli.options import settings_options
 from sdcli.errors import SdcliError, UsageError, reason
 from sdcli.output.console import error_line, setup_logging, step_progress
 from sdcli.output.files import Output, plan_paths
-from sdcli.recipe import DEFAULT_MODEL, SETTINGS, Recipe, Request, Run, random_seed
+from sdcli.recipe import DEFAULT_MODEL, DEFAULT_STRENGTH, SETTINGS, Recipe, Request, Run, random_seed
 from sdcli.sampling.samplers import SAMPLERS
 
 MODEL_ENV = "SDCLI_MODEL"
@@ -181,14 +181,16 @@ def generate(
 
 @app.command()
 def samplers(as_json: Annotated[bool, typer.Option("--json", help="One JSON object per sampler.")] = False) -> None:
-    """List the samplers: name, AUTOMATIC1111 name, diffusers scheduler and its settings."""
+    """List the samplers: name, AUTOMATIC1111 name, diffusers scheduler and its settings; CFG++ samplers step with
+    sdcli's own update on that scheduler's schedule, and take --cfg as lambda in [0, 1]."""
     for s in SAMPLERS:
         if as_json:
             row = {"name": s.name, "a1111_name": s.a1111_name, "scheduler": s.scheduler, "settings": dict(s.settings)}
-            print(json.dumps(row))
+            print(json.dumps({**row, "cfg_pp": s.cfg_pp}))
         else:
             settings = ", ".join(f"{k}={v!r}" for k, v in s.settings.items())
-            print(f"{s.name:<20} {s.a1111_name:<21} {s.scheduler}{f' ({settings})' if settings else ''}")
+            cfg_pp = "; CFG++ step: --cfg is lambda in [0, 1]" if s.cfg_pp else ""
+            print(f"{s.name:<20} {s.a1111_name:<21} {s.scheduler}{f' ({settings})' if settings else ''}{cfg_pp}")
 
 
 @app.command()
@@ -278,7 +280,7 @@ def train_shapes(
 
 
 @app.command("sweep-guidance")
-@settings_options(Recipe, Run, exclude=("cfg", "seed", "sampler", "neg_scale", "classifier_scale"))
+@settings_options(Recipe, Run, exclude=("cfg", "seed", "sampler", "neg_scale", "classifier_scale", "strength"))
 def sweep_guidance(
     prompt: Annotated[str, typer.Argument(help="The prompt; - reads it from stdin.", show_default=False)],
     cfg: Annotated[
@@ -303,6 +305,15 @@ def sweep_guidance(
     neg_scale: Annotated[
         str | None,
         typer.Option(help="Scales of the negative prompt's own term (--neg-mode separate) as rows: list or range."),
+    ] = None,
+    strength: Annotated[
+        str | None,
+        typer.Option(
+            metavar="S[,S...]",
+            help="img2img's denoising strength (with --init-image); several, a list or a range: a second axis, "
+            "as rows.",
+            show_default=f"{DEFAULT_STRENGTH:g} with --init-image",
+        ),
     ] = None,
     classifier_scale: Annotated[
         str | None,
@@ -348,14 +359,20 @@ def sweep_guidance(
         settings["seed"] = seed
     if neg_scale is not None:
         settings.setdefault("neg_mode", "separate")  # the negative's own term: only separate negatives have one
+    strengths = parse_numbers(strength, "--strength") if strength is not None else ()
+    if len(strengths) == 1:
+        settings["strength"] = strengths[0]
     base = build_request(settings)
-    axis, values = None, ()
+    axes = []  # (option, setting, values) of each second axis asked for: the rows
     if len(samplers) > 1:
-        axis, values = "sampler", samplers
+        axes.append(("--sampler", "sampler", samplers))
     if neg_scale is not None:
-        if axis is not None:
-            raise UsageError("--sampler with several names and --neg-scale are both a second axis; give one")
-        axis, values = "neg_scale", parse_numbers(neg_scale, "--neg-scale")
+        axes.append(("--neg-scale", "neg_scale", parse_numbers(neg_scale, "--neg-scale")))
+    if len(strengths) > 1:
+        axes.append(("--strength", "strength", strengths))
+    if len(axes) > 1:
+        raise UsageError(f"{' and '.join(a[0] for a in axes)} are each a second axis (rows) here; give one of them")
+    _, axis, values = axes[0] if axes else (None, None, ())
     plan = Sweep(base, scales, parse_seeds(seeds, base.recipe.seed), axis, values, column)
     name = image_name(base.recipe.prompt, base.recipe.seed).removesuffix(".png")
     folder = out_dir or Path("outputs") / f"sweep-{name}"
@@ -419,8 +436,9 @@ def batch(
     def on_image(path: Path, row: dict[str, Any]) -> None:
         _emit(json.dumps(row) if as_json else str(path))
 
+    folder = Path() if file == "-" else Path(file).parent  # a line's relative paths: from the file's folder
     run(text, "stdin" if file == "-" else file, fmt, defaults, out_dir, skip_invalid, overwrite, on_image,
-        None if quiet else _stderr_block, interactive)  # fmt: skip
+        None if quiet else _stderr_block, interactive, folder)  # fmt: skip
 
 
 @app.command()

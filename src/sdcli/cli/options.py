@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sdcli.recipe import Setting, declared
+from sdcli.recipe import Setting, absolute_path, declared
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -65,7 +65,7 @@ def _settings(f: Field, spec: Setting, value: Any) -> dict[str, Any]:
     if spec.repeats is not None:
         return {f.name: value[0], spec.repeats: tuple(value[1:])} if value else {}
     if spec.path:
-        return {f.name: str(Path(value).expanduser().resolve())}
+        return {f.name: absolute_path(value)}
     return {f.name: value}
 
 

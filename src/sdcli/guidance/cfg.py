@@ -11,18 +11,26 @@ predictor wrapper that runs every branch in one batched U-Net call.
 - CFG rescale (Lin et al. 2023, "Common Diffusion Noise Schedules and Sample Steps are Flawed", eq. 15-16): the
   guided prediction is rescaled to the standard deviation of the conditional one, blended by phi.
 
-All act on the model's own prediction (eps or v, whichever it was trained for), before the sampler's step.
+All act on the model's own prediction (eps or v, whichever it was trained for), before the sampler's step. The
+batched call is shared: another combination of its branches (APG, `sdcli.guidance.apg`) is another `Combine`, and a
+CFG++ sampler gets the unconditional prediction beside the guided one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from sdcli.guidance.context import GuidanceContext
+from sdcli.sampling.cfgpp import GuidedPrediction
 from sdcli.sampling.loop import Denoiser, Predictor
+from sdcli.sampling.samplers import get_sampler
 from sdcli.text.conditioning import Branches, Conditioning
+
+# (x (B, C, h, w), t, pred_uncond, pred_cond, preds_neg, each (B, C, h, w)) -> the guided prediction (B, C, h, w):
+# how the guided predictor combines the branches of its one batched call.
+Combine = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Sequence[torch.Tensor]], torch.Tensor]
 
 
 def cfg(pred_uncond: torch.Tensor, pred_cond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -50,28 +58,56 @@ def rescale_cfg(pred_guided: torch.Tensor, pred_cond: torch.Tensor, phi: float) 
     return phi * pred_rescaled + (1 - phi) * pred_guided
 
 
-def needs_unconditional(scale: float, neg_scale: float = 0.0, separate_negatives: int = 0) -> bool:
+def needs_unconditional(
+    scale: float, neg_scale: float = 0.0, separate_negatives: int = 0, cfg_pp: bool = False
+) -> bool:
     """Whether a step needs the unconditional prediction at all: not at w = 1, unless separate negatives (with a
-    scale other than 0) are subtracted from it."""
-    return scale != 1 or (separate_negatives > 0 and neg_scale != 0)
+    scale other than 0) are subtracted from it, or a CFG++ sampler renoises along it (at every lambda)."""
+    return scale != 1 or (separate_negatives > 0 and neg_scale != 0) or cfg_pp
+
+
+def cfg_combine(scale: float, neg_scale: float = 0.0) -> Combine:
+    """CFG's combination: pred_u + w (pred_c - pred_u), less w_neg (pred_neg_k - pred_u) for each separate negative."""
+
+    def combine(
+        x: torch.Tensor,
+        t: torch.Tensor,
+        pred_uncond: torch.Tensor,
+        pred_cond: torch.Tensor,
+        preds_neg: Sequence[torch.Tensor],
+    ) -> torch.Tensor:
+        return subtract_negatives(cfg(pred_uncond, pred_cond, scale), pred_uncond, preds_neg, neg_scale)
+
+    return combine
 
 
 def batched_cfg(
-    model: Denoiser, branches: Branches, scale: float, neg_scale: float = 0.0, rescale: float = 0.0
+    model: Denoiser, branches: Branches, combine: Combine, rescale: float = 0.0, with_uncond: bool = False
 ) -> Predictor:
     """The guided predictor for x (B, C, h, w): all branches in one batched model call (unconditional,
-    conditional, then each separate negative, each a conditioning of B images), combined by CFG, the separate
-    negatives and CFG rescale. Needs the unconditional branch (`branches.uncond`)."""
+    conditional, then each separate negative, each a conditioning of B images), combined by `combine`, then CFG
+    rescale; with `with_uncond` (CFG++), a GuidedPrediction with the unconditional prediction beside. Needs the
+    unconditional branch (`branches.uncond`)."""
     order = [branches.uncond, branches.cond, *branches.negatives]
     context = Conditioning.cat(order)  # (len(order) * B, ...)
 
-    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor | GuidedPrediction:
         pred = model(torch.cat([x] * len(order)), t, context)  # (len(order) * B, C, h, w)
         pred_uncond, pred_cond, *preds_neg = pred.chunk(len(order))  # (B, C, h, w) each
-        pred_guided = subtract_negatives(cfg(pred_uncond, pred_cond, scale), pred_uncond, preds_neg, neg_scale)
-        return rescale_cfg(pred_guided, pred_cond, rescale) if rescale > 0 else pred_guided
+        pred_guided = combine(x, t, pred_uncond, pred_cond, preds_neg)
+        if rescale > 0:
+            pred_guided = rescale_cfg(pred_guided, pred_cond, rescale)
+        return GuidedPrediction(pred_guided, pred_uncond) if with_uncond else pred_guided
 
     return predict
+
+
+def guided_by(combine: Combine, context: GuidanceContext) -> Predictor:
+    """The batched guided call of the context's branches, combined by `combine`, with the recipe's CFG rescale, and
+    the unconditional prediction beside for a CFG++ sampler."""
+    recipe = context.recipe
+    cfg_pp = get_sampler(recipe.sampler).cfg_pp
+    return batched_cfg(context.denoiser, context.branches, combine, recipe.cfg_rescale, with_uncond=cfg_pp)
 
 
 def cfg_guided(predict: Predictor, context: GuidanceContext) -> Predictor:
@@ -79,8 +115,7 @@ def cfg_guided(predict: Predictor, context: GuidanceContext) -> Predictor:
     branch runs (w = 1 without separate negatives), where `predict` stays as it is."""
     if context.branches.uncond is None:
         return predict
-    recipe = context.recipe
-    return batched_cfg(context.denoiser, context.branches, recipe.cfg, recipe.neg_weight, recipe.cfg_rescale)
+    return guided_by(cfg_combine(context.recipe.cfg, context.recipe.neg_weight), context)
 
 
 class CountedDenoiser:

@@ -24,6 +24,11 @@ class GuidanceContext:
     model: Model  # for what a method loads on first use (the classifier)
 
     @property
+    def prediction_type(self) -> str:
+        """What the model predicts: epsilon or v_prediction (diffusers' names)."""
+        return self.model.scheduler_config.get("prediction_type", "epsilon")
+
+    @property
     def conditional(self) -> Predictor:
         """The conditional pass alone: the unguided predictor that guidance methods wrap."""
         return lambda x, t: self.denoiser(x, t, self.branches.cond)

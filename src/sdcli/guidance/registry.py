@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sdcli.guidance.apg import apg_guided
 from sdcli.guidance.cfg import cfg_guided
 from sdcli.guidance.classifier import classifier_guided
 from sdcli.guidance.context import GuidanceContext
@@ -25,7 +26,9 @@ class Method:
 
 METHODS: tuple[Method, ...] = (
     # CFG, separate negatives and rescale: the branches in one batched call (the conditional pass alone at w = 1).
-    Method("cfg", lambda recipe: True, cfg_guided),
+    Method("cfg", lambda recipe: not recipe.apg, cfg_guided),
+    # APG in CFG's place: the same batched call, its branches combined by adaptive projected guidance.
+    Method("apg", lambda recipe: recipe.apg, apg_guided),
     Method("interval", lambda recipe: recipe.guidance_interval is not None, interval_guided),
     # Last: it shifts the epsilon that every method before it made.
     Method("classifier", lambda recipe: bool(recipe.resolved_classifier_scale), classifier_guided),

@@ -59,11 +59,13 @@ def infotext(record: ImageRecord) -> str:
     for f, spec in declared(Recipe):
         if spec.infotext is not None:
             write = spec.infotext.write or (lambda r, name=f.name: getattr(r, name))
-            params[spec.infotext.key] = write(record)
+            value = write(record)
+            if value is not None:
+                params[spec.infotext.key] = value
     lines = [record.prompt]
     if record.negative_prompt:
         lines.append(f"{NEGATIVE_PREFIX} {record.negative_prompt}")
-    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in params.items() if value is not None))
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in params.items()))
     return "\n".join(lines)
 
 
@@ -86,11 +88,11 @@ def parse_infotext(text: str) -> dict[str, str]:
 def settings_from_infotext(text: str) -> dict[str, Any]:
     """The recipe settings an infotext carries (those it leaves out keep their defaults)."""
     params = parse_infotext(text)
-    if params.get("Schedule type") == "Karras" and "Sampler" in params and not params["Sampler"].endswith(" Karras"):
-        params["Sampler"] += " Karras"  # AUTOMATIC1111 1.9+ writes the schedule on its own
     settings: dict[str, Any] = {"prompt": params["Prompt"], "negative_prompt": params["Negative prompt"]}
     for f, spec in declared(Recipe):
         if spec.infotext is None or spec.infotext.key not in params:
+            continue
+        if spec.infotext.read_if is not None and not spec.infotext.read_if(params):
             continue
         value = params[spec.infotext.key]
         try:

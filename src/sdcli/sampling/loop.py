@@ -24,21 +24,37 @@ import torch
 from diffusers import SchedulerMixin, UNet2DConditionModel
 
 from sdcli.errors import UsageError, reason
-from sdcli.sampling.samplers import Sampler
+from sdcli.sampling.cfgpp import CFG_PP_SCHEDULERS, GuidedPrediction
+from sdcli.sampling.samplers import SCHEDULES, Sampler, resolve_schedule
 from sdcli.text.conditioning import Conditioning
 
-# (x_t scaled for the model (B, C, h, w), t) -> the model's prediction, eps or v (B, C, h, w).
-Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (x_t scaled for the model (B, C, h, w), t) -> the model's prediction, eps or v (B, C, h, w); for a CFG++ sampler's
+# step, the guided and the unconditional prediction (a GuidedPrediction).
+Predictor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | GuidedPrediction]
 # A conditional denoiser: (x (B, C, h, w), t (scalar), conditioning of B images) -> prediction (B, C, h, w).
 Denoiser = Callable[[torch.Tensor, torch.Tensor, Conditioning], torch.Tensor]
 # (timesteps done, timesteps in all) after each step.
 StepCallback = Callable[[int, int], None]
+# (i, x after step i (B, C, h, w)) -> the x the loop goes on with (B, C, h, w): a change made between steps.
+AfterStep = Callable[[int, torch.Tensor], torch.Tensor]
 
 
-def build_scheduler(sampler: Sampler, scheduler_config: Mapping[str, Any]) -> SchedulerMixin:
-    """The sampler's scheduler, from the model's own scheduler config (betas, prediction_type) plus its settings."""
+def build_scheduler(
+    sampler: Sampler, scheduler_config: Mapping[str, Any], schedule: str | None = None
+) -> SchedulerMixin:
+    """The sampler's scheduler (a CFG++ sampler's: sdcli's step on it), from the model's own scheduler config
+    (betas, prediction_type) plus its settings, plus the config flags of `schedule` (None: the sampler's own)."""
+    scheduler_class = CFG_PP_SCHEDULERS[sampler.scheduler] if sampler.cfg_pp else getattr(diffusers, sampler.scheduler)
+    flags = resolve_schedule(sampler, schedule).settings
+    takes = inspect.signature(scheduler_class.__init__).parameters
+    if not flags.keys() <= takes.keys():
+        works = [s.name for s in SCHEDULES if s.settings.keys() <= takes.keys()]
+        raise UsageError(
+            f"--sampler {sampler.name} cannot run --schedule {schedule} ({sampler.scheduler} has no "
+            f"{', '.join(sorted(flags.keys() - takes.keys()))}); with it use --schedule {' or '.join(works)}"
+        )
     try:
-        return getattr(diffusers, sampler.scheduler).from_config(scheduler_config, **sampler.settings)
+        return scheduler_class.from_config(scheduler_config, **{**sampler.settings, **flags})
     except (ValueError, NotImplementedError) as error:
         raise UsageError(
             f"sampler {sampler.name} cannot run with this model's scheduler config ({reason(error)}); "
@@ -66,16 +82,27 @@ class Schedule:
 
     def start_from(self, x_0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_t (B, C, h, w) at the schedule's first timestep from clean latents x_0: q(x_t | x_0) with `noise`."""
-        return self._scheduler.add_noise(x_0, noise, self.timesteps[:1].repeat(x_0.shape[0]))
+        return self.noised(x_0, noise, 0)
+
+    def noised(self, x_0: torch.Tensor, noise: torch.Tensor, i: int) -> torch.Tensor:
+        """q(x_t | x_0) with `noise` at the schedule's i-th timestep t_i (B, C, h, w). Once stepping, a truncated
+        schedule's sigma samplers find t_i's noise level by their step index: call it after step i - 1 (as diffusers'
+        inpainting does)."""
+        return self._scheduler.add_noise(x_0, noise, self.timesteps[i : i + 1].repeat(x_0.shape[0]))
 
     def scale_input(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x_t as the model expects it at t (sigma-based samplers divide by sqrt(sigma^2 + 1))."""
         return self._scheduler.scale_model_input(x_t, t)
 
     def step(
-        self, pred: torch.Tensor, t: torch.Tensor, x_t: torch.Tensor, generators: list[torch.Generator]
+        self,
+        pred: torch.Tensor | GuidedPrediction,
+        t: torch.Tensor,
+        x_t: torch.Tensor,
+        generators: list[torch.Generator],
     ) -> torch.Tensor:
-        """x_t to the next x (B, C, h, w). Stochastic samplers draw image i's noise from generators[i]."""
+        """x_t to the next x (B, C, h, w) by the predictor's output. Stochastic samplers draw image i's noise from
+        generators[i]."""
         extra = {"generator": generators} if self._takes_generator else {}
         return self._scheduler.step(pred, t, x_t, **extra, return_dict=False)[0]
 
@@ -99,6 +126,18 @@ def unet_denoiser(unet: UNet2DConditionModel) -> Denoiser:
     return denoiser
 
 
+def with_channels(denoiser: Denoiser, extra: torch.Tensor) -> Denoiser:
+    """`denoiser` with `extra` (B, E, h, w) appended to its input's channels, after the sampler's input scaling:
+    x (k B, C, h, w) of k guidance branches batched into one call, branch by branch, reaches the model as
+    (k B, C + E, h, w)."""
+
+    def denoiser_with_channels(x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        branches = x.shape[0] // extra.shape[0]  # k
+        return denoiser(torch.cat([x, extra.repeat(branches, 1, 1, 1)], dim=1), t, cond)  # (k B, C + E, h, w) in
+
+    return denoiser_with_channels
+
+
 def initial_noise(
     generators: list[torch.Generator], shape: tuple[int, int, int], device: torch.device, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -114,14 +153,18 @@ def denoise(
     x_start: torch.Tensor,
     generators: list[torch.Generator],
     on_step: StepCallback | None = None,
+    after_step: AfterStep | None = None,
 ) -> torch.Tensor:
     """Run the sampler from `x_start` (B, C, h, w), the latents at the schedule's first timestep
-    (`Schedule.start_from_noise`, `Schedule.start_from`), to clean latents x_0 (B, C, h, w)."""
+    (`Schedule.start_from_noise`, `Schedule.start_from`), to clean latents x_0 (B, C, h, w); `after_step(i, x)`,
+    if given, changes x after each step i (inpainting's blend)."""
     x_t = x_start
     total = len(schedule.timesteps)
     for i, t in enumerate(schedule.timesteps):
         pred = predict(schedule.scale_input(x_t, t), t)
         x_t = schedule.step(pred, t, x_t, generators)
+        if after_step is not None:
+            x_t = after_step(i, x_t)
         if on_step is not None:
             on_step(i + 1, total)
     return x_t

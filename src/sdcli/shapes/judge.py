@@ -32,9 +32,8 @@ def _nearest(palette: dict[str, tuple[int, int, int]], rgb: np.ndarray) -> str:
     return names[int(distances.argmin())]
 
 
-def judge(image: np.ndarray) -> Verdict:
-    """Judge one (H, W, 3) uint8 image."""
-    pixels = image.astype(np.float64)
+def _shape_pixels(pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The background's colour (the border's median) and the mask (H, W) of the pixels far from it: the shape's."""
     border = np.concatenate(
         [
             pixels[:2].reshape(-1, 3),
@@ -44,8 +43,23 @@ def judge(image: np.ndarray) -> Verdict:
         ]
     )
     background_rgb = np.median(border, axis=0)
+    return background_rgb, np.linalg.norm(pixels - background_rgb, axis=-1) > MIN_DISTANCE
+
+
+def shape_centre(image: np.ndarray) -> tuple[float, float] | None:
+    """The (x, y) centre of the shape's pixels in one (H, W, 3) uint8 image; None where there is no shape."""
+    _, mask = _shape_pixels(image.astype(np.float64))
+    if mask.sum() < MIN_PIXELS:
+        return None
+    ys, xs = np.nonzero(mask)
+    return float(xs.mean()), float(ys.mean())
+
+
+def judge(image: np.ndarray) -> Verdict:
+    """Judge one (H, W, 3) uint8 image."""
+    pixels = image.astype(np.float64)
+    background_rgb, mask = _shape_pixels(pixels)  # mask (H, W)
     background = _nearest(BACKGROUNDS, background_rgb)
-    mask = np.linalg.norm(pixels - background_rgb, axis=-1) > MIN_DISTANCE  # (H, W)
     if mask.sum() < MIN_PIXELS:
         return Verdict(shape=None, colour=None, background=background)
     colour = _nearest(COLOURS, np.median(pixels[mask], axis=0))

@@ -74,6 +74,14 @@ class Branches:
     def context_length(self) -> int:
         return self.cond.context.shape[1]  # L: the same in every branch
 
+    def with_size(self, height: int, width: int) -> Branches:
+        """Every branch with SDXL's size conditioning for height x width (the hires fix's second pass)."""
+        return Branches(
+            self.cond.with_size(height, width),
+            None if self.uncond is None else self.uncond.with_size(height, width),
+            tuple(negative.with_size(height, width) for negative in self.negatives),
+        )
+
     @staticmethod
     def cat(images: Sequence[Branches]) -> Branches:
         """The images' branches stacked along the batch, branch by branch: (sum of B, ...) each."""

@@ -1,9 +1,11 @@
 """The batch workflow: a file of prompts to images, resumable, with a manifest, across processes.
 
 1. read and check every line (a `.txt` prompt per line, `.jsonl` objects, `.csv` rows; `-` is stdin): command-line
-   options are the defaults, a line's fields override them; invalid lines stop the batch before any work (or are
-   skipped with `skip_invalid`)
-2. load the model once per process; check each line's size against it
+   options are the defaults, a line's fields override them, the files a line names (init image, mask) are relative
+   to the batch file's folder and must be readable; invalid lines stop the batch before any work (or are skipped
+   with `skip_invalid`)
+2. load the model once per process; check each line against it as the engine will (its size: as asked, else its
+   init image's; its mask)
 3. plan: one stable name per image (line number, image index, seed, prompt); images already on disk are skipped,
    so a rerun resumes; the manifest is brought in line with the files on disk
 4. split the missing images between the processes of `accelerate launch` (contiguous shares, each image once)
@@ -29,14 +31,14 @@ from typing import Any
 
 from accelerate import PartialState
 
-from sdcli.engine import batch_key, chunked, load_for, make_batched
+from sdcli.engine import batch_key, check, check_inputs, chunked, load_for, make_batched
 from sdcli.errors import UsageError
-from sdcli.loading.geometry import check_size
+from sdcli.loading.components import Model
 from sdcli.output.console import image_progress
 from sdcli.output.files import check_output_path, image_name
 from sdcli.output.metadata import check_made_with, encode_png, settings_from_png
 from sdcli.output.writes import hold_folder, write_atomic
-from sdcli.recipe import SETTINGS, Recipe, Request, parse_text
+from sdcli.recipe import SETTINGS, Recipe, Request, absolute_path, parse_text
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +145,9 @@ def _setting_name(key: str) -> str:
     return ALIASES.get(name, name)
 
 
-def line_request(fields_: dict[str, Any], defaults: dict[str, Any]) -> Request:
-    """A line's fields over the command line's defaults, as a checked request."""
+def line_request(fields_: dict[str, Any], defaults: dict[str, Any], folder: Path = Path()) -> Request:
+    """A line's fields over the command line's defaults, as a checked request; the files it names (settings
+    declared with `path=True`) taken from `folder`, the batch file's, when relative."""
     settings = dict(defaults)
     for key, value in fields_.items():
         name = _setting_name(key)
@@ -152,7 +155,8 @@ def line_request(fields_: dict[str, Any], defaults: dict[str, Any]) -> Request:
             raise UsageError(f"`{key}` applies to the whole batch; give it on the command line")
         if name not in PER_LINE:
             raise UsageError(f"unknown option `{key}` (a line can set: {', '.join(_line_names())})")
-        settings[name] = value
+        is_path = SETTINGS[name][1].path and isinstance(value, str) and value != ""  # others: the setting's check
+        settings[name] = absolute_path(value, folder) if is_path else value
     if not isinstance(settings.get("prompt"), str):
         raise UsageError("no `prompt` (text) on this line")
     return Request.of(settings)
@@ -163,26 +167,33 @@ def _line_names() -> list[str]:
     return [short.get(name, name) for name in PER_LINE]
 
 
-def read_lines(text: str, fmt: str, defaults: dict[str, Any]) -> tuple[list[Line], list[Invalid]]:
-    """Every line of the file, checked: the valid ones as requests, the others with their problem."""
+def read_lines(
+    text: str, fmt: str, defaults: dict[str, Any], folder: Path = Path()
+) -> tuple[list[Line], list[Invalid]]:
+    """Every line of the file, checked (its settings, and the image files it names, relative to `folder`): the
+    valid ones as requests, the others with their problem."""
     lines, invalid = [], []
     for number, row in raw_rows(text, fmt):
         if isinstance(row, str):
             invalid.append(Invalid(number, row))
             continue
         try:
-            lines.append(Line(number, line_request(row, defaults)))
+            request = line_request(row, defaults, folder)
+            check_inputs(request.recipe)
+            lines.append(Line(number, request))
         except UsageError as error:
             invalid.append(Invalid(number, str(error)))
     return lines, invalid
 
 
-def check_sizes(lines: list[Line], native: tuple[int, int], scale: int) -> tuple[list[Line], list[Invalid]]:
-    """Lines whose size the model can make, and those it cannot (not a multiple of its latent scale)."""
+def check_for_model(lines: list[Line], model: Model) -> tuple[list[Line], list[Invalid]]:
+    """Lines the model can make, and those it cannot, checked as the engine checks a recipe (`engine.check`): the
+    size (as asked, else the init image's, else the model's native size) a multiple of its latent scale, and the
+    inputs it takes."""
     good, bad = [], []
     for line in lines:
         try:
-            check_size(line.request.recipe.width or native[0], line.request.recipe.height or native[1], scale)
+            check(model, [line.request.recipe])
             good.append(line)
         except UsageError as error:
             bad.append(Invalid(line.number, str(error)))
@@ -343,22 +354,23 @@ def run(
     on_image: Callable[[Path, dict[str, Any]], None] | None = None,
     note: Callable[[str], None] | None = None,
     progress: bool = False,
+    folder: Path = Path(),
 ) -> BatchResult:
-    """Run the batch in this process (one of several under `accelerate launch`); `on_image(path, row)` after each
-    image lands; the main process passes messages (skipped images) to `note(text)` and, with `progress`, shows
-    a progress bar over its share."""
+    """Run the batch in this process (one of several under `accelerate launch`), the files its lines name taken
+    from `folder` (the batch file's) when relative; `on_image(path, row)` after each image lands; the main process
+    passes messages (skipped images) to `note(text)` and, with `progress`, shows a progress bar over its share."""
     # 1. Read and check every line, and the folder's name, before any work.
     check_output_path(out_dir / MANIFEST)
-    lines, invalid = read_lines(text, fmt, defaults)
+    lines, invalid = read_lines(text, fmt, defaults, folder)
     if not lines and not invalid:
         raise UsageError(f"{source} holds no prompts; give one per line (blank lines and # comments are skipped)")
     refuse_or_skip(source, invalid, skip_invalid)
     if not lines:
         raise UsageError(f"{source}: no valid lines to make; fix the file")
-    # 2. Load the model once in this process; check sizes against it.
+    # 2. Load the model once in this process; check every line against it.
     model = load_for(lines[0].request)
-    lines, wrong_size = check_sizes(lines, model.native_size, model.latent_scale)
-    refuse_or_skip(source, wrong_size, skip_invalid)
+    lines, unmakeable = check_for_model(lines, model)
+    refuse_or_skip(source, unmakeable, skip_invalid)
     if not lines:
         raise UsageError(f"{source}: no valid lines to make; fix the file")
     # On the CPU, accelerate forms a gloo group of the launched processes only when asked for a CPU state.

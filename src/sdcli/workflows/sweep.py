@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sdcli.engine import load_for, make_images
+from sdcli.engine import check_inputs, load_for, make_images
 from sdcli.errors import UsageError
 from sdcli.output.files import check_paths
 from sdcli.output.metadata import check_made_with, encode_png
@@ -377,6 +377,8 @@ def run(
     `overwrite`), and the reports are made again from every cell. `report(text)` receives the number of cells kept
     and the summary table."""
     # 1. Check inputs and outputs before the model loads.
+    for value in sweep.axis_values if sweep.axis is not None else (None,):  # each row's init image and strength
+        check_inputs(sweep.cell_recipe(sweep.scales[0], value, sweep.seeds[0]))
     done = kept_cells(sweep, out_dir, overwrite)
     clip = ClipScorer(clip_model) if clip_model is not None else None
     # 2. Load the model; choose the adherence measure.
