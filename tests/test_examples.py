@@ -60,3 +60,14 @@ def test_multi_gpu_example_parses_and_needs_a_gpu_or_a_count(tmp_path: Path):
         pytest.skip("this machine has nvidia-smi; the refusal is for machines without a GPU")
     result = _run("multi-gpu.sh", str(tmp_path / "p.txt"), cwd=tmp_path)
     assert result.returncode == 2 and "NUM_PROCESSES" in result.stderr
+
+
+def test_images_in_example_makes_its_strip(tiny_model: Path, tmp_path: Path):
+    result = _run("images-in.sh", str(tiny_model), str(tmp_path / "out"), cwd=tmp_path, STEPS="4")
+    assert result.returncode == 0, result.stderr
+    strip = tmp_path / "out" / "strip.png"
+    assert result.stdout.strip() == str(tmp_path / "out" / "strip.png") and strip.is_file()
+    from sdcli.output.metadata import settings_from_png
+
+    assert settings_from_png(tmp_path / "out" / "inpaint.png")["mask"] == str(tmp_path / "out" / "mask.png")
+    assert settings_from_png(tmp_path / "out" / "hires.png")["hires_scale"] == 2.0

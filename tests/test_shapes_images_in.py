@@ -76,3 +76,27 @@ def test_hires_fix_doubles_the_size_and_keeps_the_prompt(shapes: Model):
     verdicts = [judge(np.asarray(image.resize((64, 64), Image.Resampling.LANCZOS))) for image in images]
     right = sum((v.shape, v.colour, v.background) == ("circle", "red", "white") for v in verdicts) / SEEDS
     assert right >= 0.9, f"judged a red circle on white: {right:.0%} of {SEEDS}"
+
+
+def test_inpainting_keeps_the_left_half_exactly_and_paints_a_blue_shape_in_the_right(
+    shapes: Model, tmp_path: Path
+):
+    from sdcli.shapes.world import Scene, render
+
+    init, mask = tmp_path / "left-red-circle.png", tmp_path / "right-half.png"
+    Image.fromarray(render(Scene("circle", "red", "white", cx=16, cy=32, size=22))).save(init)
+    repaint = np.zeros((64, 64), dtype=np.uint8)
+    repaint[:, 32:] = 255  # white: repaint the right half
+    Image.fromarray(repaint).save(mask)
+    request = make_request(
+        "a blue square on a white background", seed=300, num_images=SEEDS, batch_size=8, init_image=str(init),
+        mask=str(mask), strength=1.0,
+    )  # fmt: skip
+    images = [np.asarray(made.image) for made in make_images(shapes, request)]
+    with Image.open(init) as picture:
+        original = np.asarray(picture.convert("RGB"))
+    seam = 32 - 3 * 4  # a Gaussian blur of radius 4 reaches 10 px into the kept half (to the 8-bit level)
+    exact = sum(np.array_equal(image[:, :seam], original[:, :seam]) for image in images) / SEEDS
+    blue = sum(judge(image[:, 32:]).colour == "blue" for image in images) / SEEDS
+    measured = f"kept half exact in {exact:.0%}, a blue shape in the repainted half in {blue:.0%} of {SEEDS}"
+    assert exact == 1.0 and blue >= 0.8, measured
