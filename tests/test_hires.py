@@ -99,3 +99,17 @@ def test_bad_hires_settings(tiny_model: Path, tmp_path: Path, args: list[str], w
     out = tmp_path / "out"
     refused(run("generate", "x", "-m", str(tiny_model), *args, "--out-dir", str(out)), 2, *words)
     assert not out.exists()
+
+
+def test_a_result_over_the_devices_memory_is_refused_before_any_work(tiny_model: Path, tmp_path: Path, monkeypatch):
+    """The decode's memory (about 3 KB a pixel in fp32, whole) against the device's, with the size and the fix."""
+    import sdcli.engine
+
+    monkeypatch.setattr(sdcli.engine, "memory_of", lambda device: 2**30)  # a 1 GiB device
+    out = tmp_path / "out"
+    args = ["generate", "x", "-m", str(tiny_model), "--steps", "2", "--out-dir", str(out)]
+    refused(run(*args, "--width", "512", "--height", "512", "--hires-scale", "2"), 2, "1024x1024", "3 GiB",
+            "1 GiB", "--vae-tiling")  # fmt: skip
+    assert not out.exists()
+    fits = run(*args, "--width", "64", "--height", "64", "--hires-scale", "2")
+    assert fits.exit_code == 0, fits.stderr

@@ -43,10 +43,10 @@ from sdcli.inputs import (
     schedule_steps,
 )
 from sdcli.loading.components import Model, load_model
-from sdcli.loading.devices import DTYPE_NAMES, resolve_device, resolve_dtype
+from sdcli.loading.devices import DTYPE_NAMES, memory_of, resolve_device, resolve_dtype
 from sdcli.loading.geometry import check_size
 from sdcli.loading.references import resolve_model, resolve_vae
-from sdcli.output.images import decode, to_pil
+from sdcli.output.images import check_decode_fits, decode, to_pil
 from sdcli.recipe import MAX_SIDE, Hires, ImageRecord, Recipe, Request
 from sdcli.sampling.loop import Schedule, StepCallback, build_scheduler, denoise, initial_noise, unet_denoiser
 from sdcli.sampling.samplers import get_sampler
@@ -98,6 +98,7 @@ def size_of(model: Model, recipe: Recipe) -> tuple[int, int]:
         default = model.native_size
     width, height = recipe.width or default[0], recipe.height or default[1]
     check_size(width, height, model.latent_scale)
+    final = (width, height)
     if recipe.hires is not None:
         final = hires_size(width, height, recipe.hires.scale, model.latent_scale)
         if max(final) > MAX_SIDE:
@@ -105,6 +106,7 @@ def size_of(model: Model, recipe: Recipe) -> tuple[int, int]:
                 f"--hires-scale {recipe.hires.scale:g} of {width}x{height} makes {final[0]}x{final[1]}, over "
                 f"{MAX_SIDE} pixels a side; use a smaller --hires-scale or size"
             )
+    check_decode_fits(model.vae, *final, memory_of(model.device))
     return width, height
 
 

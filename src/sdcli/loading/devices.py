@@ -62,3 +62,10 @@ def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
             return torch.float16
         return torch.bfloat16 if cpu_has_bf16_matrix_units() else torch.float32
     return DTYPES[choice]
+
+
+def memory_of(device: torch.device) -> int:
+    """Bytes of memory the device has: a CUDA device's own, else the machine's physical memory."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

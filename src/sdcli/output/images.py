@@ -8,7 +8,7 @@ import torch
 from diffusers import AutoencoderKL
 from PIL import Image
 
-from sdcli.errors import Failure
+from sdcli.errors import Failure, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,17 @@ OVERFLOW_FIXES = {
 }
 
 DECODER_BYTES_PER_PIXEL = 128 * 4 * 6  # SD's decoder at full size: 128 channels, fp32, a few live activations
+
+
+def check_decode_fits(vae: AutoencoderKL, width: int, height: int, memory: int) -> None:
+    """A usage error, before any work, when decoding a width x height image whole would need more than `memory`
+    bytes (the device's): tiling decodes it in tiles instead."""
+    needed = width * height * DECODER_BYTES_PER_PIXEL
+    if needed > memory and not vae.use_tiling:
+        raise UsageError(
+            f"a {width}x{height} image needs about {needed / 2**30:.0f} GiB to decode whole, and this device has "
+            f"{memory / 2**30:.0f} GiB; make it smaller, or add --vae-tiling to decode it in tiles"
+        )
 
 
 def _fits(vae: AutoencoderKL, z: torch.Tensor) -> bool:
