@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from PIL import Image
 from tiny_sd import make_request
 from typer.testing import CliRunner
 
@@ -173,3 +174,11 @@ def test_help_says_cfgpp_samplers_take_lambda():
     assert "lambda in [0, 1]" in helps["sampler"] and "lambda in [0, 1]" in helps["cfg"]
     listing = CliRunner().invoke(app, ["samplers"]).stdout.splitlines()
     assert [line.split()[0] for line in listing if "lambda in [0, 1]" in line] == ["euler-cfgpp", "euler-a-cfgpp"]
+
+
+def test_cfgpp_runs_img2img_on_its_truncated_schedule(loaded: Model, tmp_path: Path):
+    init = tmp_path / "init.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(init)
+    request = make_request("a blue circle", seed=1, steps=6, sampler="euler-cfgpp", cfg=0.5, init_image=str(init))
+    (made,) = make_images(loaded, request)
+    assert made.unet_evaluations == 2 * int(6 * 0.75)  # both branches on the steps the strength keeps

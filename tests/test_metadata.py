@@ -87,7 +87,7 @@ def test_an_automatic1111_infotext_with_a_separate_schedule_type():
         "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Version: v1.10.1"
     )
     settings = settings_from_infotext(text)
-    assert settings["sampler"] == "dpm++2m-karras"
+    assert (settings["sampler"], settings["schedule"]) == ("dpm++2m", "karras")  # dpm++2m-karras's pixels
     assert (settings["width"], settings["height"], settings["cfg"]) == (512, 768, 7.0)
     assert settings["prompt"] == "masterpiece, a cat" and settings["negative_prompt"] == "blurry"
 

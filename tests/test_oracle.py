@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import diffusers
@@ -29,7 +30,7 @@ TOLERANCE = 2  # in 8-bit levels
 STEPS = 4
 SEED = 1234
 PROMPT = "a red circle on a white background"
-ORACLE_SAMPLERS = [s.name for s in SAMPLERS if s.name != "lcm"]
+ORACLE_SAMPLERS = [s.name for s in SAMPLERS if s.name != "lcm" and not s.cfg_pp]  # CFG++: sdcli's own step
 CASES = [  # (negative prompt, width, height): diffusers' pipeline wants multiples of 8
     ("", 16, 16),
     ("blue square", 16, 16),
@@ -43,16 +44,26 @@ class Oracle:
         self.pipe = pipeline.from_pretrained(folder, **options)
         self.pipe.set_progress_bar_config(disable=True)
         self.scheduler_config: Mapping[str, Any] = self.pipe.scheduler.config  # the model's own
-        self.schedulers: dict[str, Any] = {}
+        self.schedulers: dict[tuple, Any] = {}
 
-    def image(self, sampler: str, *, negative: str, width: int, height: int, cfg: float = 7.5) -> np.ndarray:
-        """(H, W, 3) uint8, with the sampler's scheduler built on the model's config as diffusers' docs do (and
-        kept across calls, as a pipeline's user does)."""
-        if sampler not in self.schedulers:
+    def image(
+        self,
+        sampler: str,
+        *,
+        negative: str,
+        width: int,
+        height: int,
+        cfg: float = 7.5,
+        flags: Mapping[str, Any] = MappingProxyType({}),
+    ) -> np.ndarray:
+        """(H, W, 3) uint8, with the sampler's scheduler built on the model's config as diffusers' docs do, plus
+        scheduler config `flags` (a schedule), and kept across calls, as a pipeline's user does."""
+        key = (sampler, *sorted(flags.items()))
+        if key not in self.schedulers:
             entry = get_sampler(sampler)
             scheduler_class = getattr(diffusers, entry.scheduler)
-            self.schedulers[sampler] = scheduler_class.from_config(self.scheduler_config, **entry.settings)
-        self.pipe.scheduler = self.schedulers[sampler]
+            self.schedulers[key] = scheduler_class.from_config(self.scheduler_config, **{**entry.settings, **flags})
+        self.pipe.scheduler = self.schedulers[key]
         image = self.pipe(
             PROMPT,
             negative_prompt=negative or None,
@@ -70,9 +81,26 @@ def oracles(tiny_model: Path, tiny_v_model: Path) -> dict[str, Oracle]:
     return {"epsilon": Oracle(tiny_model), "v_prediction": Oracle(tiny_v_model)}
 
 
-def ours(model: Model, sampler: str, *, negative: str, width: int, height: int, cfg: float = 7.5) -> np.ndarray:
+def ours(
+    model: Model,
+    sampler: str,
+    *,
+    negative: str,
+    width: int,
+    height: int,
+    cfg: float = 7.5,
+    schedule: str | None = None,
+) -> np.ndarray:
     request = make_request(
-        PROMPT, seed=SEED, negative_prompt=negative, cfg=cfg, steps=STEPS, sampler=sampler, width=width, height=height
+        PROMPT,
+        seed=SEED,
+        negative_prompt=negative,
+        cfg=cfg,
+        steps=STEPS,
+        sampler=sampler,
+        schedule=schedule,
+        width=width,
+        height=height,
     )
     (made,) = make_images(model, request)
     return np.asarray(made.image)
@@ -100,6 +128,37 @@ def test_every_sampler_matches_diffusers_pipeline(
         assert got.shape == (height, width, 3)
         assert want.std() > 5, "a flat image would make the comparison meaningless"
         assert max_difference(got, want) <= TOLERANCE, (negative, width, height)
+
+
+# Samplers with a schedule apart (--schedule), against the pipeline with diffusers' own config flags for it.
+SCHEDULE_CASES = [
+    ("euler", "karras", {"use_karras_sigmas": True}, "epsilon"),
+    ("euler", "sgm-uniform", {"timestep_spacing": "trailing"}, "epsilon"),
+    ("dpm++2m", "exponential", {"use_exponential_sigmas": True}, "epsilon"),
+    ("dpm++2m", "beta", {"use_beta_sigmas": True}, "v_prediction"),
+    ("heun", "karras", {"use_karras_sigmas": True}, "v_prediction"),
+    ("unipc", "exponential", {"use_exponential_sigmas": True}, "epsilon"),
+    ("ddim", "sgm-uniform", {"timestep_spacing": "trailing"}, "v_prediction"),
+    ("euler-a", "sgm-uniform", {"timestep_spacing": "trailing"}, "epsilon"),
+]
+
+
+@pytest.mark.parametrize("sampler, schedule, flags, prediction", SCHEDULE_CASES)
+def test_samplers_with_a_schedule_match_diffusers_pipeline(
+    sampler: str,
+    schedule: str,
+    flags: dict,
+    prediction: str,
+    oracles: dict[str, Oracle],
+    loaded: Model,
+    loaded_v: Model,
+):
+    model = loaded if prediction == "epsilon" else loaded_v
+    for negative, width, height in CASES[:2]:
+        want = oracles[prediction].image(sampler, negative=negative, width=width, height=height, flags=flags)
+        got = ours(model, sampler, negative=negative, width=width, height=height, schedule=schedule)
+        assert max_difference(got, want) <= TOLERANCE, (negative, width, height)
+        assert max_difference(got, ours(model, sampler, negative=negative, width=width, height=height)) > TOLERANCE
 
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])

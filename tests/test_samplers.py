@@ -12,6 +12,7 @@ from sdcli.cli import app
 from sdcli.errors import UsageError
 from sdcli.loading.components import Model
 from sdcli.recipe import Recipe, declared
+from sdcli.sampling.cfgpp import GuidedPrediction
 from sdcli.sampling.loop import Schedule, build_scheduler, denoise, initial_noise
 from sdcli.sampling.samplers import NAMES, SAMPLERS, from_a1111_name, get_sampler
 
@@ -24,6 +25,9 @@ TABLE = [
     ("lms-karras", "LMS Karras", "LMSDiscreteScheduler", {"use_karras_sigmas": True}),
     ("euler", "Euler", "EulerDiscreteScheduler", {}),
     ("euler-a", "Euler a", "EulerAncestralDiscreteScheduler", {}),
+    # CFG++ (Guidance lab issue): sdcli's step on Euler's and Euler ancestral's schedules.
+    ("euler-cfgpp", "Euler CFG++", "EulerDiscreteScheduler", {}),
+    ("euler-a-cfgpp", "Euler a CFG++", "EulerAncestralDiscreteScheduler", {}),
     ("heun", "Heun", "HeunDiscreteScheduler", {}),
     ("dpm2", "DPM2", "KDPM2DiscreteScheduler", {}),
     ("dpm2-a", "DPM2 a", "KDPM2AncestralDiscreteScheduler", {}),
@@ -54,7 +58,8 @@ def test_registry_is_the_issues_table():
 @pytest.mark.parametrize("name, a1111_name, scheduler, settings", TABLE)
 def test_each_sampler_builds_its_scheduler_with_its_settings(loaded: Model, name, a1111_name, scheduler, settings):
     built = build_scheduler(get_sampler(name), loaded.scheduler_config)
-    assert type(built).__name__ == scheduler
+    cfg_pp = get_sampler(name).cfg_pp
+    assert (type(built).__bases__[-1] if cfg_pp else type(built)).__name__ == scheduler  # CFG++: with sdcli's step
     for key, value in settings.items():
         assert built.config[key] == value
     # The model's own config comes through: its betas and its prediction type.
@@ -85,7 +90,8 @@ def test_command_line_choices_are_the_registry():
     assert refused.exit_code == 2
     assert all(repr(name) in refused.stderr for name in NAMES)
     for name in NAMES:
-        accepted = CliRunner().invoke(app, ["generate", "x", "--sampler", name, "-m", "/nonexistent/model"])
+        lam = ["--cfg", "0.5"] if get_sampler(name).cfg_pp else []  # CFG++ takes lambda in [0, 1]
+        accepted = CliRunner().invoke(app, ["generate", "x", "--sampler", name, *lam, "-m", "/nonexistent/model"])
         assert "/nonexistent/model" in accepted.stderr
 
 
@@ -111,9 +117,10 @@ def test_every_sampler_runs_the_loop_on_a_toy_denoiser(loaded: Model, name: str)
     schedule = Schedule(build_scheduler(get_sampler(name), loaded.scheduler_config), 5, torch.device("cpu"))
     calls = []
 
-    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor | GuidedPrediction:
         calls.append(float(t))
-        return 0.1 * x  # a toy denoiser: the prediction shrinks x
+        pred = 0.1 * x  # a toy denoiser: the prediction shrinks x
+        return GuidedPrediction(pred, 0.2 * x) if get_sampler(name).cfg_pp else pred  # CFG++: the unconditional too
 
     generators = [torch.Generator().manual_seed(0)]
     noise = initial_noise(generators, (4, 3, 3), torch.device("cpu"), torch.float32)

@@ -78,9 +78,7 @@ def test_hires_fix_doubles_the_size_and_keeps_the_prompt(shapes: Model):
     assert right >= 0.9, f"judged a red circle on white: {right:.0%} of {SEEDS}"
 
 
-def test_inpainting_keeps_the_left_half_exactly_and_paints_a_blue_shape_in_the_right(
-    shapes: Model, tmp_path: Path
-):
+def test_inpainting_keeps_the_left_half_exactly_and_paints_a_blue_shape_in_the_right(shapes: Model, tmp_path: Path):
     from sdcli.shapes.world import Scene, render
 
     init, mask = tmp_path / "left-red-circle.png", tmp_path / "right-half.png"

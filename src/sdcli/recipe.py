@@ -503,8 +503,8 @@ class Recipe:
         None,
         "Classifier guidance (Dhariwal & Nichol 2021) towards these labels of the model's noise-aware "
         "classifier, e.g. color=red,shape=circle: eps - s sqrt(1 - alphabar_t) grad log p(y | x_t, t) at every "
-        "step, after CFG; any prompt, the empty one included; every sampler; epsilon-prediction models that ship "
-        "a classifier/ (the built-in shapes does).",
+        "step, after CFG; any prompt, the empty one included; every sampler but the CFG++ ones; epsilon-prediction "
+        "models that ship a classifier/ (the built-in shapes does).",
         (_check_classifier, "HEAD=LABEL pairs separated by commas"),
         example="color=red,shape=circle",
         metavar="HEAD=LABEL,...",
