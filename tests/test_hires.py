@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from sdcli.cli import app
 from sdcli.engine import make_images
-from sdcli.hires import hires_size
 from sdcli.loading.components import Model
+from sdcli.modes.hires import hires_size
 from sdcli.output.metadata import settings_from_png
 
 FAST = {"steps": 4, "sampler": "euler", "seed": 3}

@@ -20,8 +20,8 @@ from typer.testing import CliRunner
 
 from sdcli.cli import app
 from sdcli.engine import make_images
-from sdcli.inputs import schedule_steps
 from sdcli.loading.components import Model
+from sdcli.modes.img2img import schedule_steps
 from sdcli.output.metadata import settings_from_png
 from sdcli.sampling.samplers import get_sampler
 

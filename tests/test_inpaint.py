@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 
 from sdcli.cli import app
 from sdcli.engine import make_images
-from sdcli.inpaint import read_mask
 from sdcli.loading.components import Model
+from sdcli.modes.inpaint import read_mask
 from sdcli.output.metadata import settings_from_png
 from sdcli.sampling.samplers import get_sampler
 

@@ -10,7 +10,7 @@
 
 Text-to-image is its first mode. A mode that starts from an image (img2img, inpainting) is a variant of step 4
 (initial latents from the image, a truncated schedule); inpainting also adds the mask to step 5 (as the U-Net's input,
-or blended in after each step) and its overlay to step 6 (`sdcli.inpaint`); an adapter is a part of step 2 or 3.
+or blended in after each step) and its overlay to step 6 (`sdcli.modes.inpaint`); an adapter is a part of step 2 or 3.
 """
 
 from __future__ import annotations
@@ -30,10 +30,15 @@ from PIL import Image
 from sdcli.errors import UsageError
 from sdcli.guidance.cfg import CountedDenoiser, needs_unconditional
 from sdcli.guidance.context import GuidanceContext
+from sdcli.guidance.pag import check_pag_layers
 from sdcli.guidance.registry import guided_predictor
-from sdcli.hires import hires_size, upscale
-from sdcli.inpaint import MASK_OPTION, Inpainting, check_mask, prepare_inpainting
-from sdcli.inputs import (
+from sdcli.loading.components import Model, load_model
+from sdcli.loading.devices import DTYPE_NAMES, memory_of, resolve_device, resolve_dtype
+from sdcli.loading.embeddings import embedding_files, read_embeddings
+from sdcli.loading.geometry import check_size
+from sdcli.loading.references import resolve_model, resolve_vae
+from sdcli.modes.hires import hires_size, upscale
+from sdcli.modes.img2img import (
     check_recorded,
     check_runs_a_step,
     encode_image,
@@ -42,10 +47,7 @@ from sdcli.inputs import (
     sample_x0,
     schedule_steps,
 )
-from sdcli.loading.components import Model, load_model
-from sdcli.loading.devices import DTYPE_NAMES, memory_of, resolve_device, resolve_dtype
-from sdcli.loading.geometry import check_size
-from sdcli.loading.references import resolve_model, resolve_vae
+from sdcli.modes.inpaint import MASK_OPTION, Inpainting, check_mask, prepare_inpainting
 from sdcli.output.images import check_decode_fits, decode, to_pil
 from sdcli.recipe import MAX_SIDE, Hires, ImageRecord, Recipe, Request
 from sdcli.sampling.loop import Schedule, StepCallback, build_scheduler, denoise, initial_noise, unet_denoiser
@@ -121,11 +123,12 @@ def check_inputs(recipe: Recipe) -> None:
 
 def check(model: Model, recipes: Sequence[Recipe]) -> tuple[int, int]:
     """The (width, height) the recipes make, once checked: they share every setting but prompts and seed, their
-    inputs are there, and the size is a multiple of the model's latent scale."""
+    inputs are there, PAG's layers are the U-Net's, and the size is a multiple of the model's latent scale."""
     if any(batch_key(recipe) != batch_key(recipes[0]) for recipe in recipes):
         raise ValueError("make_batched takes recipes that differ only in prompts and seed")
     check_inputs(recipes[0])
     check_mask(model, recipes[0])
+    check_pag_layers(model, recipes[0])
     return size_of(model, recipes[0])
 
 
@@ -139,18 +142,21 @@ def load_for(request: Request) -> Model:
     recipe, run = request.recipe, request.run
     folder = resolve_model(recipe.model, run.allow_pickle)
     vae = resolve_vae(recipe.vae, run.allow_pickle) if recipe.vae else None
+    files = embedding_files(recipe.embeddings, recipe.embedding_dir)
+    embeddings = read_embeddings(files, run.allow_pickle, recipe.embeddings_sha256)
     log.info("loading model %s on %s (%s)", folder.reference, device, DTYPE_NAMES[dtype])
-    return load_model(folder, device, dtype, run, vae, recipe.prediction_type)
+    return load_model(folder, device, dtype, run, vae, recipe.prediction_type, embeddings)
 
 
 # 3. Encode.
 
 
 def _conditionings(
-    model: Model, texts: list[str], labels: list[str], long_prompts: bool, height: int, width: int
+    model: Model, texts: list[str], labels: list[str], recipe: Recipe, height: int, width: int
 ) -> list[Conditioning]:
-    """The prompts' conditioning for one image of height x width each (SDXL: with its size conditioning)."""
-    encoded = encode_prompts(model.text_encoders, texts, labels, long_prompts)
+    """The prompts' conditioning for one image of height x width each (SDXL: with its size conditioning), encoded
+    as the recipe says (long prompts, clip skip)."""
+    encoded = encode_prompts(model.text_encoders, texts, labels, recipe.long_prompts, recipe.clip_skip)
     return [c.with_size(height, width) for c in encoded] if model.size_conditioned else encoded
 
 
@@ -170,7 +176,7 @@ def encode(model: Model, recipe: Recipe, height: int, width: int) -> Branches:
         labels.append("negative prompt" if replace_mode else "empty prompt")
     texts += negatives
     labels += [f"negative prompt {i + 1}" for i in range(len(negatives))]
-    cond, *others = _conditionings(model, texts, labels, recipe.long_prompts, height, width)
+    cond, *others = _conditionings(model, texts, labels, recipe, height, width)
     uncond = others.pop(0) if with_uncond else None
     if uncond is not None and not texts[1] and model.force_zeros_for_empty_prompt:  # texts[1]: the unconditional
         uncond = uncond.zeros_like()  # SDXL: an empty unconditional prompt is zero embeddings, as diffusers gives it
@@ -187,7 +193,7 @@ def prepare_latents(
     generator, which draws (in this order) its init image's posterior sample, its noise, its sampler noise, and its
     inpainting (None without a mask). From noise: the full schedule, x_T = sigma_max noise. From an init image
     (img2img): the schedule truncated by the strength, x_t = q(x_t | x_0) at its first timestep. With a mask too:
-    `sdcli.inpaint`'s draws and start."""
+    `sdcli.modes.inpaint`'s draws and start."""
     recipe = recipes[0]
     generators = [torch.Generator("cpu").manual_seed(r.seed) for r in recipes]
     latent_shape = (model.latent_channels, height // model.latent_scale, width // model.latent_scale)  # (C, h, w)
@@ -239,7 +245,11 @@ def _record(model: Model, recipe: Recipe, width: int, height: int) -> ImageRecor
         "width": width,
         "height": height,
         "model": model.reference,
+        "embeddings": tuple(str(embedding.path) for embedding in model.embeddings),  # the folder's files too
+        "embeddings_sha256": tuple(embedding.sha256 for embedding in model.embeddings),
+        "embedding_dir": None,
         "classifier_scale": recipe.resolved_classifier_scale,
+        "pag_layers": recipe.resolved_pag_layers,
         "strength": recipe.resolved_strength,
         "init_image_sha256": None if recipe.init_image is None else read_picture(Path(recipe.init_image)).sha256,
         "mask_sha256": None if recipe.mask is None else read_picture(Path(recipe.mask), MASK_OPTION).sha256,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -41,6 +42,7 @@ NEG_MODES = ("replace", "separate")  # the negative prompt as the unconditional 
 DEFAULT_APG_ETA = 0.0
 DEFAULT_APG_NORM_THRESHOLD = 15.0
 DEFAULT_APG_MOMENTUM = 0.0
+DEFAULT_PAG_LAYERS = "mid"  # PAG's perturbed self-attention layers: diffusers' StableDiffusionPAGPipeline's default
 UPSCALERS = ("lanczos", "latent")  # the hires fix's: in pixels (Pillow's Lanczos) or in latents (bilinear)
 PREDICTION_TYPES = ("epsilon", "v_prediction")  # diffusers' names, as in a scheduler config
 DEFAULT_CLASSIFIER_SCALE = 10.0  # s of classifier guidance, when --classifier names targets
@@ -55,6 +57,7 @@ MAX_STEPS = 10000
 MAX_IMAGES = 100000  # images per request
 MAX_BATCH = 1024  # images per U-Net call
 MAX_TEXT_BYTES = 8192  # per prompt or negative prompt
+MAX_CLIP_SKIP = 12  # AUTOMATIC1111's slider: the layers of SD 1.x's CLIP ViT-L
 
 
 # `--guidance-interval LO,HI` as typed (Kynkäänniemi et al. 2024 define the interval in noise levels sigma):
@@ -94,6 +97,33 @@ def parse_interval(text: str) -> GuidanceInterval:
     return GuidanceInterval(lo, hi, percent=False)
 
 
+def parse_pag_layers(text: str) -> tuple[str, ...]:
+    """`--pag-layers` as typed, `mid,up_blocks.0`: the layer ids (diffusers' `pag_applied_layers`, patterns that
+    `re.search` matches against the U-Net's module names), each checked to be a pattern."""
+    ids = tuple(filter(None, (part.strip() for part in text.split(",")))) if isinstance(text, str) else ()
+    if not ids:
+        raise UsageError(f"--pag-layers needs at least one layer name, not {text!r}; for example --pag-layers mid")
+    for layer in ids:
+        try:
+            re.compile(layer)
+        except re.error as error:
+            raise UsageError(
+                f"--pag-layers {layer!r} is not a pattern ({error}); for example --pag-layers mid,up_blocks.0"
+            ) from None
+    return ids
+
+
+def embedding_token(path: str) -> str:
+    """A textual inversion embedding's token in prompts: its file's name without the suffix (AUTOMATIC1111's)."""
+    return Path(path).stem
+
+
+def _ti_hashes(record: Any) -> str | None:
+    """AUTOMATIC1111's "TI hashes": `name: <first 10 hex digits of the file's sha256>` per embedding."""
+    pairs = zip(record.embeddings, record.embeddings_sha256, strict=True)
+    return ", ".join(f"{embedding_token(path)}: {sha256[:10]}" for path, sha256 in pairs) or None
+
+
 def random_seed() -> int:
     """A fresh seed from the OS's entropy, for runs that give none (it is recorded, so the run can be repeated)."""
     return random.SystemRandom().randrange(2**32)
@@ -131,6 +161,7 @@ FINITE = (_is_number, "a finite number")
 TEXT = (_is_text, f"valid UTF-8 text of at most {MAX_TEXT_BYTES:,} bytes")
 NAME = (lambda v: isinstance(v, str) and v != "", "a name")
 FLAG = (lambda v: isinstance(v, bool), "true or false")
+PATHS = (lambda v: isinstance(v, tuple) and all(isinstance(p, str) and p for p in v), "file paths")
 OPTIONAL = {"check": None}  # a setting whose None means "not set" (checked only when set)
 
 
@@ -215,6 +246,10 @@ def _check_sampler(name: Any) -> bool:
 
 def _check_interval(text: Any) -> bool:
     return isinstance(text, str) and parse_interval(text) is not None  # parse_interval's error shows both forms
+
+
+def _check_pag_layers(text: Any) -> bool:
+    return isinstance(text, str) and parse_pag_layers(text) is not None  # parse_pag_layers's error says why
 
 
 def _check_classifier(text: Any) -> bool:
@@ -326,7 +361,33 @@ class Recipe:
         show_default="as detected",
         loads=True,
     )
-    # Images in (sdcli.inputs).
+    # Textual inversion (sdcli.loading.embeddings): a replay records every file loaded, by path and sha256.
+    embeddings: tuple[str, ...] = setting(
+        (),
+        "A textual inversion embedding (repeatable), its token in prompts the file's name without suffix, one token "
+        "per vector (name, name_1, ...): AUTOMATIC1111's .safetensors (emb_params; SDXL: clip_l and clip_g) or .pt "
+        "(string_to_param, with --allow-pickle), or diffusers' learned_embeds.",
+        PATHS,
+        flags=("--embedding",),
+        metavar="PATH",
+        path=True,
+        loads=True,
+        show_default="none",
+        infotext=Infotext("TI hashes", _ti_hashes, lambda text: {}),  # names and short hashes: no files to load
+    )
+    embeddings_sha256: tuple[str, ...] = setting(
+        (), "The embeddings' sha256s: a replay refuses a changed file.", flags=None, hash_of="embeddings", loads=True
+    )
+    embedding_dir: str | None = setting(
+        None,
+        "Load every embedding file in this folder (.safetensors; .pt and .bin with --allow-pickle), as --embedding.",
+        NAME,
+        metavar="DIR",
+        path=True,
+        loads=True,
+        show_default="none",
+    )
+    # Images in (sdcli.modes.img2img).
     init_image: str | None = setting(
         None,
         "Start from this image (img2img): resized to the size asked for (default: its own, rounded down to the "
@@ -350,7 +411,7 @@ class Recipe:
         show_default=f"{DEFAULT_STRENGTH:g} with --init-image",
         infotext=Infotext("Denoising strength", read_if=lambda params: "Hires upscale" not in params),
     )
-    # Inpainting (sdcli.inpaint).
+    # Inpainting (sdcli.modes.inpaint).
     mask: str | None = setting(
         None,
         "Inpaint --init-image: repaint where this image is white, keep where it is black (grey: binarised at "
@@ -379,7 +440,7 @@ class Recipe:
         flags=("--mask-overlay/--no-mask-overlay",),
         show_default="on",
     )
-    # The hires fix (sdcli.hires): AUTOMATIC1111 writes its strength as "Denoising strength" beside "Hires upscale".
+    # The hires fix (sdcli.modes.hires): AUTOMATIC1111 writes its strength as "Denoising strength", by "Hires upscale".
     hires_scale: float | None = setting(
         None,
         "Hires fix: make the image at the size asked for, upscale it by this factor, and denoise it again at the "
@@ -481,6 +542,26 @@ class Recipe:
         example="-0.5",
         metavar="BETA",
     )
+    pag_scale: float | None = setting(
+        None,
+        "Perturbed-attention guidance (Ahn et al. 2024): S (eps_c - eps_p) added to the guided prediction, eps_p the "
+        "conditional pass with self-attention replaced by the identity in --pag-layers, one more branch of the same "
+        "batched U-Net call (also at --cfg 1); 0 gives bit for bit the image without PAG; replace mode only, not "
+        "with --apg.",
+        FINITE,
+        example="3",
+        metavar="S",
+        show_default="off",
+    )
+    pag_layers: str | None = setting(
+        None,
+        "The self-attention layers PAG perturbs, as diffusers' pag_applied_layers: names or patterns of the "
+        "U-Net's modules (re.search), separated by commas, e.g. mid, down_blocks.2, up_blocks.0.attentions.1.",
+        (_check_pag_layers, "layer names separated by commas"),
+        example="mid",
+        metavar="LAYERS",
+        show_default=f"{DEFAULT_PAG_LAYERS} with --pag-scale",
+    )
     guidance_interval: str | None = setting(
         None,
         "Guide only while the noise level is in [LO, HI], else run the conditional pass alone (Kynkäänniemi "
@@ -498,6 +579,15 @@ class Recipe:
         FLAG,
         flags=("--long-prompts/--no-long-prompts",),
         show_default="long",
+    )
+    clip_skip: int = setting(
+        1,
+        "Read the prompts from the text encoder's N-th layer from the end (AUTOMATIC1111's Clip skip): 1 is the last, "
+        "2 the penultimate through the final layer norm, on every branch; diffusers' clip_skip=k is N = k + 1. "
+        "SDXL counts from the penultimate layer it reads by default, as diffusers does.",
+        _whole(1, MAX_CLIP_SKIP),
+        metavar="N",
+        infotext=Infotext("Clip skip", lambda record: None if record.clip_skip == 1 else record.clip_skip),
     )
     classifier: str | None = setting(
         None,
@@ -520,8 +610,9 @@ class Recipe:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.extra_negative_prompts, list):  # JSON gives lists
-            object.__setattr__(self, "extra_negative_prompts", tuple(self.extra_negative_prompts))
+        for f, _ in declared(Recipe):  # JSON gives lists for tuples
+            if isinstance(getattr(self, f.name), list):
+                object.__setattr__(self, f.name, tuple(getattr(self, f.name)))
         negatives = self.extra_negative_prompts
         if not (isinstance(negatives, tuple) and all(_is_text(n) for n in negatives)):
             raise UsageError(f"--neg must be valid UTF-8 text of at most {MAX_TEXT_BYTES:,} bytes")
@@ -553,6 +644,7 @@ class Recipe:
                 raise UsageError(f"{flag} is the hires fix's: it needs --hires-scale F; add one, or leave out {flag}")
         resolve_schedule(get_sampler(self.sampler), self.schedule)  # a -karras name fixes its schedule
         self._check_apg()
+        self._check_pag()
         self._check_cfg_pp()
 
     def _check_apg(self) -> None:
@@ -569,6 +661,24 @@ class Recipe:
             raise UsageError(
                 "--apg combines the conditional and one unconditional branch, not separate negatives; use "
                 "--neg-mode replace, or leave out --apg"
+            )
+
+    def _check_pag(self) -> None:
+        """PAG's layers are PAG's, and its perturbed branch follows the batch [unconditional, conditional] that
+        diffusers' PAG attention processors split in thirds (or halves): no separate negatives, no APG."""
+        if self.pag_scale is None:
+            if self.pag_layers is not None:
+                raise UsageError("--pag-layers is PAG's: it needs --pag-scale S; add it, or leave out --pag-layers")
+            return
+        if self.neg_mode == "separate":
+            raise UsageError(
+                "--pag-scale runs diffusers' PAG attention on the batch [unconditional, conditional, perturbed], "
+                "which separate negatives do not fit; use --neg-mode replace, or leave out --pag-scale"
+            )
+        if self.apg:
+            raise UsageError(
+                "--pag-scale adds its term to CFG's combination, and APG's projection of it is not defined; leave "
+                "out --apg or --pag-scale"
             )
 
     def _check_cfg_pp(self) -> None:
@@ -615,6 +725,13 @@ class Recipe:
         if self.classifier is None:
             return None
         return DEFAULT_CLASSIFIER_SCALE if self.classifier_scale is None else float(self.classifier_scale)
+
+    @property
+    def resolved_pag_layers(self) -> str | None:
+        """PAG's layers as they run: None without --pag-scale."""
+        if self.pag_scale is None:
+            return None
+        return DEFAULT_PAG_LAYERS if self.pag_layers is None else self.pag_layers
 
     @property
     def neg_weight(self) -> float:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
-from sdcli.inputs import encode_pixels, sample_x0
+from sdcli.modes.img2img import encode_pixels, sample_x0
 from sdcli.output.images import decode, to_pil
 
 

@@ -30,8 +30,8 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image, ImageFilter
 
 from sdcli.errors import UsageError
-from sdcli.inputs import check_recorded, posterior_of, read_picture, sample_x0, vae_pixels
 from sdcli.loading.components import Model
+from sdcli.modes.img2img import check_recorded, posterior_of, read_picture, sample_x0, vae_pixels
 from sdcli.recipe import Recipe
 from sdcli.sampling.loop import AfterStep, Denoiser, Schedule, initial_noise, with_channels
 
