@@ -12,13 +12,15 @@ predictor wrapper that runs every branch in one batched U-Net call.
   guided prediction is rescaled to the standard deviation of the conditional one, blended by phi.
 
 All act on the model's own prediction (eps or v, whichever it was trained for), before the sampler's step. The
-batched call is shared: another combination of its branches (APG, `sdcli.guidance.apg`) is another `Combine`, and a
-CFG++ sampler gets the unconditional prediction beside the guided one.
+batched call is shared: another combination of its branches (APG, `sdcli.guidance.apg`) is another `Combine`, a
+further branch after the prompts' (PAG's perturbed one, `sdcli.guidance.pag`) is an `ExtraBranch` with its term, and
+a CFG++ sampler gets the unconditional prediction beside the guided one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -31,6 +33,15 @@ from sdcli.text.conditioning import Branches, Conditioning
 # (x (B, C, h, w), t, pred_uncond, pred_cond, preds_neg, each (B, C, h, w)) -> the guided prediction (B, C, h, w):
 # how the guided predictor combines the branches of its one batched call.
 Combine = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Sequence[torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ExtraBranch:
+    """A branch the batched call runs after the prompts' branches: its conditioning (of the batch's B images) and
+    its term, added to the guided prediction."""
+
+    conditioning: Conditioning
+    term: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (pred_cond, pred_extra) (B, C, h, w) -> (B, C, h, w)
 
 
 def cfg(pred_uncond: torch.Tensor, pred_cond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -82,32 +93,43 @@ def cfg_combine(scale: float, neg_scale: float = 0.0) -> Combine:
 
 
 def batched_cfg(
-    model: Denoiser, branches: Branches, combine: Combine, rescale: float = 0.0, with_uncond: bool = False
+    model: Denoiser,
+    branches: Branches,
+    combine: Combine,
+    rescale: float = 0.0,
+    with_uncond: bool = False,
+    extra: ExtraBranch | None = None,
 ) -> Predictor:
-    """The guided predictor for x (B, C, h, w): all branches in one batched model call (unconditional,
-    conditional, then each separate negative, each a conditioning of B images), combined by `combine`, then CFG
-    rescale; with `with_uncond` (CFG++), a GuidedPrediction with the unconditional prediction beside. Needs the
-    unconditional branch (`branches.uncond`)."""
-    order = [branches.uncond, branches.cond, *branches.negatives]
+    """The guided predictor for x (B, C, h, w): all branches in one batched model call (unconditional if it runs,
+    conditional, each separate negative, then the extra branch if any, each a conditioning of B images); the
+    prompts' predictions combined by `combine` (without an unconditional branch: the conditional prediction), plus
+    the extra branch's term, then CFG rescale where CFG runs; with `with_uncond` (CFG++), a GuidedPrediction with the
+    unconditional prediction beside."""
+    uncond = [] if branches.uncond is None else [branches.uncond]
+    order = [*uncond, branches.cond, *branches.negatives, *([] if extra is None else [extra.conditioning])]
     context = Conditioning.cat(order)  # (len(order) * B, ...)
 
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor | GuidedPrediction:
-        pred = model(torch.cat([x] * len(order)), t, context)  # (len(order) * B, C, h, w)
-        pred_uncond, pred_cond, *preds_neg = pred.chunk(len(order))  # (B, C, h, w) each
-        pred_guided = combine(x, t, pred_uncond, pred_cond, preds_neg)
-        if rescale > 0:
+        preds = list(model(torch.cat([x] * len(order)), t, context).chunk(len(order)))  # (B, C, h, w) each
+        pred_extra = None if extra is None else preds.pop()
+        pred_uncond = preds.pop(0) if uncond else None
+        pred_cond, *preds_neg = preds
+        pred_guided = pred_cond if pred_uncond is None else combine(x, t, pred_uncond, pred_cond, preds_neg)
+        if extra is not None:
+            pred_guided = pred_guided + extra.term(pred_cond, pred_extra)
+        if rescale > 0 and pred_uncond is not None:
             pred_guided = rescale_cfg(pred_guided, pred_cond, rescale)
         return GuidedPrediction(pred_guided, pred_uncond) if with_uncond else pred_guided
 
     return predict
 
 
-def guided_by(combine: Combine, context: GuidanceContext) -> Predictor:
-    """The batched guided call of the context's branches, combined by `combine`, with the recipe's CFG rescale, and
-    the unconditional prediction beside for a CFG++ sampler."""
+def guided_by(combine: Combine, context: GuidanceContext, extra: ExtraBranch | None = None) -> Predictor:
+    """The batched guided call of the context's branches (and `extra`'s), combined by `combine`, with the recipe's
+    CFG rescale, and the unconditional prediction beside for a CFG++ sampler."""
     recipe = context.recipe
     cfg_pp = get_sampler(recipe.sampler).cfg_pp
-    return batched_cfg(context.denoiser, context.branches, combine, recipe.cfg_rescale, with_uncond=cfg_pp)
+    return batched_cfg(context.denoiser, context.branches, combine, recipe.cfg_rescale, cfg_pp, extra)
 
 
 def cfg_guided(predict: Predictor, context: GuidanceContext) -> Predictor:

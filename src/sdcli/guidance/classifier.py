@@ -64,12 +64,16 @@ class NoisyClassifier(ModelMixin, ConfigMixin):
         self.norm_out = nn.GroupNorm(norm_num_groups, width)
         self.head_proj = nn.ModuleDict({name: nn.Linear(width, len(labels)) for name, labels in heads.items()})
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The pooled features (B, width) the heads read, of latents (B, C, h, w) at timesteps (B,)."""
         emb = self.time_embedding(self.time_proj(t).to(x.dtype))  # (B, 4 * width)
         h = self.conv_in(x)  # (B, width, h, w)
         for block in self.blocks:
             h = block(h, emb) if isinstance(block, ResnetBlock2D) else block(h)
-        h = F.silu(self.norm_out(h)).mean(dim=(2, 3))  # (B, width)
+        return F.silu(self.norm_out(h)).mean(dim=(2, 3))  # (B, width)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.features(x, t)  # (B, width)
         return {name: head(h) for name, head in self.head_proj.items()}  # (B, classes) each
 
 

@@ -13,6 +13,7 @@ from sdcli.guidance.cfg import cfg_guided
 from sdcli.guidance.classifier import classifier_guided
 from sdcli.guidance.context import GuidanceContext
 from sdcli.guidance.interval import interval_guided
+from sdcli.guidance.pag import pag_guided
 from sdcli.recipe import Recipe
 from sdcli.sampling.loop import Predictor
 
@@ -26,9 +27,11 @@ class Method:
 
 METHODS: tuple[Method, ...] = (
     # CFG, separate negatives and rescale: the branches in one batched call (the conditional pass alone at w = 1).
-    Method("cfg", lambda recipe: not recipe.apg, cfg_guided),
+    Method("cfg", lambda recipe: not recipe.apg and not recipe.pag_scale, cfg_guided),
     # APG in CFG's place: the same batched call, its branches combined by adaptive projected guidance.
     Method("apg", lambda recipe: recipe.apg, apg_guided),
+    # PAG in CFG's place: the same batched call and combination, the perturbed branch last and its term added.
+    Method("pag", lambda recipe: bool(recipe.pag_scale), pag_guided),
     Method("interval", lambda recipe: recipe.guidance_interval is not None, interval_guided),
     # Last: it shifts the epsilon that every method before it made.
     Method("classifier", lambda recipe: bool(recipe.resolved_classifier_scale), classifier_guided),
