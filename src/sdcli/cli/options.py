@@ -27,10 +27,17 @@ def _choices(name: str, choices: tuple[str, ...]) -> type[enum.Enum]:
     return enum.Enum(name.title().replace("_", ""), {choice: choice for choice in choices}, type=str)
 
 
+def _many(f: Field) -> bool:
+    """A setting of several values (a tuple): its option may be repeated, each value one."""
+    return str(f.type).startswith("tuple")
+
+
 def _option_type(f: Field, spec: Setting) -> Any:
     """The type typer parses the option's value as."""
     if spec.choices is not None:
         return _choices(f.name, spec.choices)
+    if _many(f):
+        return list[Path] if spec.path else list[str]
     if spec.repeats is not None:
         return list[str]
     if spec.path:
@@ -64,6 +71,8 @@ def _settings(f: Field, spec: Setting, value: Any) -> dict[str, Any]:
         return {f.name: value.value}
     if spec.repeats is not None:
         return {f.name: value[0], spec.repeats: tuple(value[1:])} if value else {}
+    if _many(f):
+        return {f.name: tuple(absolute_path(v) if spec.path else v for v in value)} if value else {}
     if spec.path:
         return {f.name: absolute_path(value)}
     return {f.name: value}

@@ -27,14 +27,20 @@ def _read_safetensors(path: Path) -> Tensors:
         refuse(path, f"is not a safetensors file ({reason(error)})")
 
 
-def _read_pickle(path: Path) -> Tensors:
+def load_pickle(path: Path) -> object:
+    """What the pickle at `path` holds, through torch.load(weights_only=True): tensors, and containers of them,
+    numbers and strings, never code."""
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - truncated, not a pickle, or a pickle with more than tensors
         raise Failure(
             f"{path} did not load as tensors with torch.load(weights_only=True) ({reason(error)}); "
             "it is not a checkpoint, is truncated, or holds objects besides tensors: convert it with a tool you trust"
         ) from None
+
+
+def _read_pickle(path: Path) -> Tensors:
+    loaded = load_pickle(path)
     for key in ("state_dict", "model"):  # Lightning and some trainers nest the weights one level down
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from sdcli.errors import Failure, UsageError, reason
 from sdcli.loading.architecture import SD1, SDXL, VAE, VAE_SCALING_FACTOR, describe, detect, family_of, vae_config
 from sdcli.loading.checkpoints import read_checkpoint
+from sdcli.loading.embeddings import Embedding, add_embeddings
 from sdcli.loading.geometry import latent_scale, native_size
 from sdcli.loading.prediction import check_prediction_type, declared_prediction_type
 from sdcli.loading.references import ModelFile, ModelFolder
@@ -61,6 +62,7 @@ class Model:
     text_encoder_2: CLIPTextModelWithProjection | None = None  # SDXL: the second encoder, with the pooled projection
     force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is zero embeddings, not encoded
     classifier: torch.nn.Module | None = None  # classifier guidance's (sdcli.guidance.classifier), loaded on first use
+    embeddings: tuple[Embedding, ...] = ()  # textual inversion tokens added to the tokenizers and text encoders
 
     @property
     def text_encoders(self) -> list[tuple[CLIPTokenizer, CLIPTextModel | CLIPTextModelWithProjection]]:
@@ -266,11 +268,13 @@ def load_model(
     run: Run = Run(),
     vae: Path | None = None,
     prediction_type: str | None = None,
+    embeddings: Sequence[Embedding] = (),
 ) -> Model:
     """Load the components of `model` (five; seven for SDXL) onto `device`, with `vae` (a checked --vae path) in
-    place of its own, made ready the way `run` asks (offload, tiling, compilation). `prediction_type` ("epsilon",
-    "v_prediction") replaces what the model predicts; None: as its scheduler config says (a folder), or as the
-    AUTOMATIC1111 config beside it, else its weights, say (a single file)."""
+    place of its own and the textual inversion `embeddings` added, made ready the way `run` asks (offload, tiling,
+    compilation). `prediction_type` ("epsilon", "v_prediction") replaces what the model predicts; None: as its
+    scheduler config says (a folder), or as the AUTOMATIC1111 config beside it, else its weights, say (a single
+    file)."""
     if run.offload and device.type != "cuda":
         raise UsageError("--offload keeps idle components in CPU memory while a GPU runs; it needs --device cuda")
     if prediction_type is not None:
@@ -286,6 +290,7 @@ def load_model(
         scaling_factor = (family_of(unet.config) or SD1).vae_scaling_factor
         components["vae"] = load_vae(vae, dtype, native, run.allow_pickle, scaling_factor)
     loaded = Model(model.reference, device=device, dtype=dtype, **components)
+    loaded.embeddings = add_embeddings(loaded.text_encoders, embeddings)  # before offload hooks or devices
     for module in loaded.modules:
         module.eval().requires_grad_(False)
         if not run.offload:
