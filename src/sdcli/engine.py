@@ -33,10 +33,14 @@ from sdcli.guidance.context import GuidanceContext
 from sdcli.guidance.pag import check_pag_layers
 from sdcli.guidance.registry import guided_predictor
 from sdcli.loading.components import Model, load_model
+from sdcli.loading.controlnet import check_controlnet_folder, load_controlnet
 from sdcli.loading.devices import DTYPE_NAMES, memory_of, resolve_device, resolve_dtype
 from sdcli.loading.embeddings import embedding_files, read_embeddings
 from sdcli.loading.geometry import check_size
+from sdcli.loading.loras import read_loras, set_lora_weights
 from sdcli.loading.references import resolve_model, resolve_vae
+from sdcli.modes.controlnet import IMAGE_OPTION as CONTROL_IMAGE_OPTION
+from sdcli.modes.controlnet import check_control, prepare_control
 from sdcli.modes.hires import hires_size, upscale
 from sdcli.modes.img2img import (
     check_recorded,
@@ -49,7 +53,7 @@ from sdcli.modes.img2img import (
 )
 from sdcli.modes.inpaint import MASK_OPTION, Inpainting, check_mask, prepare_inpainting
 from sdcli.output.images import check_decode_fits, decode, to_pil
-from sdcli.recipe import MAX_SIDE, Hires, ImageRecord, Recipe, Request
+from sdcli.recipe import MAX_SIDE, Hires, ImageRecord, Recipe, Request, parse_lora
 from sdcli.sampling.loop import Schedule, StepCallback, build_scheduler, denoise, initial_noise, unet_denoiser
 from sdcli.sampling.samplers import get_sampler
 from sdcli.text.conditioning import Branches, Conditioning
@@ -128,6 +132,7 @@ def check(model: Model, recipes: Sequence[Recipe]) -> tuple[int, int]:
         raise ValueError("make_batched takes recipes that differ only in prompts and seed")
     check_inputs(recipes[0])
     check_mask(model, recipes[0])
+    check_control(model, recipes[0])
     check_pag_layers(model, recipes[0])
     return size_of(model, recipes[0])
 
@@ -142,10 +147,21 @@ def load_for(request: Request) -> Model:
     recipe, run = request.recipe, request.run
     folder = resolve_model(recipe.model, run.allow_pickle)
     vae = resolve_vae(recipe.vae, run.allow_pickle) if recipe.vae else None
+    if recipe.control_net is not None:
+        check_controlnet_folder(recipe.control_net)  # before the slow part
     files = embedding_files(recipe.embeddings, recipe.embedding_dir)
     embeddings = read_embeddings(files, run.allow_pickle, recipe.embeddings_sha256)
+    loras = read_loras(recipe.loras, run.allow_pickle, recipe.loras_sha256)
     log.info("loading model %s on %s (%s)", folder.reference, device, DTYPE_NAMES[dtype])
-    return load_model(folder, device, dtype, run, vae, recipe.prediction_type, embeddings)
+    model = load_model(folder, device, dtype, run, vae, recipe.prediction_type, embeddings, loras)
+    if recipe.control_net is not None:
+        model.controlnet = load_controlnet(recipe.control_net, model.unet, device, dtype)
+    return model
+
+
+def lora_weights(recipe: Recipe) -> list[float]:
+    """The weight of each `--lora` of the recipe, in order."""
+    return [parse_lora(text)[1] for text in recipe.loras]
 
 
 # 3. Encode.
@@ -248,11 +264,16 @@ def _record(model: Model, recipe: Recipe, width: int, height: int) -> ImageRecor
         "embeddings": tuple(str(embedding.path) for embedding in model.embeddings),  # the folder's files too
         "embeddings_sha256": tuple(embedding.sha256 for embedding in model.embeddings),
         "embedding_dir": None,
+        "loras": tuple(f"{lora.path}:{w!r}" for lora, w in zip(model.loras, lora_weights(recipe), strict=True)),
+        "loras_sha256": tuple(lora.sha256 for lora in model.loras),
         "classifier_scale": recipe.resolved_classifier_scale,
         "pag_layers": recipe.resolved_pag_layers,
         "strength": recipe.resolved_strength,
         "init_image_sha256": None if recipe.init_image is None else read_picture(Path(recipe.init_image)).sha256,
         "mask_sha256": None if recipe.mask is None else read_picture(Path(recipe.mask), MASK_OPTION).sha256,
+        "control_image_sha256": None
+        if recipe.control_image is None
+        else read_picture(Path(recipe.control_image), CONTROL_IMAGE_OPTION).sha256,
     }
     if recipe.hires is not None:
         resolved |= {
@@ -276,6 +297,9 @@ def make_batched(
     # 1. Check.
     width, height = check(model, recipes)
     settings = recipes[0]
+    control = prepare_control(model, settings, width, height)
+    # 2b. The LoRAs loaded with the model, at this batch's weights.
+    set_lora_weights(model, model.loras, lora_weights(settings))
     scheduler = build_scheduler(get_sampler(settings.sampler), model.scheduler_config, settings.schedule)
     # 3. Encode each distinct set of prompts once.
     distinct = {recipe.prompts: recipe for recipe in recipes}
@@ -306,6 +330,8 @@ def make_batched(
         # 5. Denoise with every guidance method the recipe turns on (inpainting: the mask as the U-Net's input, or
         # the kept area blended back after each step).
         unet, after_step = unet_denoiser(model.unet), None
+        if control is not None:  # the ControlNet's residuals: in the U-Net's call, for every branch
+            unet = control.denoiser(unet, schedule.timesteps, model.latent_channels)
         if inpainting is not None:
             unet, after_step = inpainting.denoiser(unet), inpainting.after_step(schedule)
         denoiser = CountedDenoiser(unet)

@@ -124,6 +124,41 @@ def _ti_hashes(record: Any) -> str | None:
     return ", ".join(f"{embedding_token(path)}: {sha256[:10]}" for path, sha256 in pairs) or None
 
 
+def parse_lora(text: str) -> tuple[str, float]:
+    """`--lora PATH[:WEIGHT]` as typed: the file and its weight (1.0 when no finite number follows the last colon)."""
+    path, colon, weight = text.rpartition(":")
+    try:
+        value = float(weight) if colon and path else None
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value):
+        return text, 1.0
+    return path, value
+
+
+def lora_name(path: str) -> str:
+    """A LoRA's name, as AUTOMATIC1111's infotext writes it: its file's name without the suffix, `:` and `,` out."""
+    return Path(path).stem.translate(str.maketrans("", "", ":,"))
+
+
+def _lora_hashes(record: Any) -> str | None:
+    """AUTOMATIC1111's "Lora hashes": `name: <first 12 hex digits of the file's sha256>` per LoRA."""
+    pairs = zip(record.loras, record.loras_sha256, strict=True)
+    return ", ".join(f"{lora_name(parse_lora(text)[0])}: {sha256[:12]}" for text, sha256 in pairs) or None
+
+
+def _controlnet_unit(record: Any) -> str | None:
+    """AUTOMATIC1111's ControlNet extension's unit 0 (`ControlNet 0`): no preprocessor (the image is given ready),
+    the folder's name, the weight, a plain resize to the output size, and the share of the steps it runs over."""
+    if record.control_net is None:
+        return None
+    return (
+        f"Module: none, Model: {Path(record.control_net).name}, Weight: {record.control_scale:g}, "
+        f"Resize Mode: Just Resize, Guidance Start: {record.control_start:g}, "
+        f"Guidance End: {record.control_end:g}, Control Mode: Balanced"
+    )
+
+
 def random_seed() -> int:
     """A fresh seed from the OS's entropy, for runs that give none (it is recorded, so the run can be repeated)."""
     return random.SystemRandom().randrange(2**32)
@@ -387,6 +422,22 @@ class Recipe:
         loads=True,
         show_default="none",
     )
+    # LoRA (sdcli.loading.loras): the files load once per run, as adapters whose weights the engine sets per batch.
+    loras: tuple[str, ...] = setting(
+        (),
+        "A LoRA (repeatable) and its weight, 1 by default: kohya/AUTOMATIC1111's (lora_unet_..., lora_te_...) or "
+        "diffusers'/peft's .safetensors (.pt and .bin with --allow-pickle), applied unfused, several at once.",
+        PATHS,
+        flags=("--lora",),
+        metavar="PATH[:WEIGHT]",
+        path=True,
+        loads=True,
+        show_default="none",
+        infotext=Infotext("Lora hashes", _lora_hashes, lambda text: {}),  # names and short hashes: no files to load
+    )
+    loras_sha256: tuple[str, ...] = setting(
+        (), "The LoRAs' sha256s: a replay refuses a changed file.", flags=None, hash_of="loras", loads=True
+    )
     # Images in (sdcli.modes.img2img).
     init_image: str | None = setting(
         None,
@@ -439,6 +490,53 @@ class Recipe:
         FLAG,
         flags=("--mask-overlay/--no-mask-overlay",),
         show_default="on",
+    )
+    # ControlNet (sdcli.loading.controlnet, sdcli.modes.controlnet): the network loads once per run beside the model.
+    control_net: str | None = setting(
+        None,
+        "A ControlNet (diffusers' ControlNetModel folder) for the model's family, steering every guidance branch "
+        "by --control-image: its residuals, times --control-scale, added to the U-Net's in the same batched call.",
+        NAME,
+        metavar="MODEL",
+        path=True,
+        loads=True,
+        show_default="none",
+        infotext=Infotext("ControlNet 0", _controlnet_unit, lambda text: {}),  # a name, no folder to load
+    )
+    control_image: str | None = setting(
+        None,
+        "The ControlNet's image (an edge map, a pose, a depth map...), RGB, resized to the output size (Lanczos), in "
+        "[0, 1] as diffusers' pipeline gives it; the same for every image and branch.",
+        NAME,
+        metavar="IMAGE",
+        path=True,
+        show_default="none",
+    )
+    control_image_sha256: str | None = setting(
+        None, "The control image's sha256: a replay refuses a changed file.", flags=None, hash_of="control_image"
+    )
+    control_scale: float = setting(
+        1.0,
+        "The ControlNet's weight: its residuals times S (diffusers' controlnet_conditioning_scale); 0 gives bit for "
+        "bit the image without it.",
+        FINITE,
+        example="0.8",
+        metavar="S",
+    )
+    control_start: float = setting(
+        0.0,
+        "The share of the steps after which the ControlNet starts: step i of N runs it iff i/N >= A and "
+        "(i + 1)/N <= B (diffusers' control_guidance_start and _end).",
+        (lambda v: _is_number(v) and 0 <= v < 1, "a number from 0 to below 1"),
+        example="0.2",
+        metavar="A",
+    )
+    control_end: float = setting(
+        1.0,
+        "The share of the steps after which the ControlNet stops (see --control-start).",
+        (lambda v: _is_number(v) and 0 < v <= 1, "a number above 0 and at most 1"),
+        example="0.8",
+        metavar="B",
     )
     # The hires fix (sdcli.modes.hires): AUTOMATIC1111 writes its strength as "Denoising strength", by "Hires upscale".
     hires_scale: float | None = setting(
@@ -638,6 +736,7 @@ class Recipe:
                 "the hires fix's second pass does not inpaint; leave out --mask or --hires-scale (inpaint, then "
                 "upscale the result with --init-image and --hires-scale)"
             )
+        self._check_control()
         for name in ("hires_strength", "hires_steps", "hires_upscaler"):
             if self.hires_scale is None and getattr(self, name) is not None:
                 flag = "--" + name.replace("_", "-")
@@ -646,6 +745,28 @@ class Recipe:
         self._check_apg()
         self._check_pag()
         self._check_cfg_pp()
+
+    def _check_control(self) -> None:
+        """A ControlNet and its image come together; its scale and steps are its own; one pass only."""
+        if (self.control_net is None) != (self.control_image is None):
+            pair = (("--control-net", "--control-image IMAGE"), ("--control-image", "--control-net MODEL"))
+            given, missing = pair[self.control_net is None]
+            raise UsageError(f"{given} needs {missing} beside it; add it, or leave out {given}")
+        for name, default in (("control_scale", 1.0), ("control_start", 0.0), ("control_end", 1.0)):
+            if self.control_net is None and getattr(self, name) != default:
+                flag = "--" + name.replace("_", "-")
+                raise UsageError(
+                    f"{flag} is the ControlNet's: it needs --control-net MODEL; add it, or leave out {flag}"
+                )
+        if self.control_start >= self.control_end:
+            raise UsageError(
+                f"--control-start {self.control_start:g} must be below --control-end {self.control_end:g}; for "
+                "example --control-start 0 --control-end 0.8"
+            )
+        if self.control_net is not None and self.hires_scale is not None:
+            raise UsageError(
+                "the hires fix's second pass does not run the ControlNet yet; leave out --hires-scale or --control-net"
+            )
 
     def _check_apg(self) -> None:
         """APG's settings are APG's, and it combines one unconditional branch (replace mode)."""

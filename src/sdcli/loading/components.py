@@ -31,6 +31,7 @@ from sdcli.loading.architecture import SD1, SDXL, VAE, VAE_SCALING_FACTOR, descr
 from sdcli.loading.checkpoints import read_checkpoint
 from sdcli.loading.embeddings import Embedding, add_embeddings
 from sdcli.loading.geometry import latent_scale, native_size
+from sdcli.loading.loras import Lora, add_loras
 from sdcli.loading.prediction import check_prediction_type, declared_prediction_type
 from sdcli.loading.references import ModelFile, ModelFolder
 from sdcli.loading.single_file import (
@@ -63,6 +64,8 @@ class Model:
     force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is zero embeddings, not encoded
     classifier: torch.nn.Module | None = None  # classifier guidance's (sdcli.guidance.classifier), loaded on first use
     embeddings: tuple[Embedding, ...] = ()  # textual inversion tokens added to the tokenizers and text encoders
+    controlnet: diffusers.ControlNetModel | None = None  # --control-net's, loaded beside (sdcli.loading.controlnet)
+    loras: tuple[Lora, ...] = ()  # LoRA adapters in the U-Net and text encoders, unfused (sdcli.loading.loras)
 
     @property
     def text_encoders(self) -> list[tuple[CLIPTokenizer, CLIPTextModel | CLIPTextModelWithProjection]]:
@@ -269,12 +272,13 @@ def load_model(
     vae: Path | None = None,
     prediction_type: str | None = None,
     embeddings: Sequence[Embedding] = (),
+    loras: Sequence[Lora] = (),
 ) -> Model:
     """Load the components of `model` (five; seven for SDXL) onto `device`, with `vae` (a checked --vae path) in
-    place of its own and the textual inversion `embeddings` added, made ready the way `run` asks (offload, tiling,
-    compilation). `prediction_type` ("epsilon", "v_prediction") replaces what the model predicts; None: as its
-    scheduler config says (a folder), or as the AUTOMATIC1111 config beside it, else its weights, say (a single
-    file)."""
+    place of its own, the textual inversion `embeddings` added and the `loras` loaded as adapters, made ready the way
+    `run` asks (offload, tiling, compilation). `prediction_type` ("epsilon", "v_prediction") replaces what the model
+    predicts; None: as its scheduler config says (a folder), or as the AUTOMATIC1111 config beside it, else its
+    weights, say (a single file)."""
     if run.offload and device.type != "cuda":
         raise UsageError("--offload keeps idle components in CPU memory while a GPU runs; it needs --device cuda")
     if prediction_type is not None:
@@ -291,6 +295,7 @@ def load_model(
         components["vae"] = load_vae(vae, dtype, native, run.allow_pickle, scaling_factor)
     loaded = Model(model.reference, device=device, dtype=dtype, **components)
     loaded.embeddings = add_embeddings(loaded.text_encoders, embeddings)  # before offload hooks or devices
+    loaded.loras = add_loras(loaded, loras)
     for module in loaded.modules:
         module.eval().requires_grad_(False)
         if not run.offload:

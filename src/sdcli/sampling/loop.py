@@ -116,11 +116,17 @@ def sigma_of_timestep(t: torch.Tensor | float, alphas_cumprod: torch.Tensor) -> 
 
 
 def unet_denoiser(unet: UNet2DConditionModel) -> Denoiser:
-    """A diffusers U-Net as a plain (x, t, conditioning) -> prediction function."""
+    """A diffusers U-Net as a plain (x, t, conditioning) -> prediction function; further keywords go to the U-Net
+    (a ControlNet's residuals, `sdcli.modes.controlnet`)."""
 
-    def denoiser(x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+    def denoiser(x: torch.Tensor, t: torch.Tensor, cond: Conditioning, **residuals: Any) -> torch.Tensor:
         return unet(
-            x, t, encoder_hidden_states=cond.context, added_cond_kwargs=cond.added_cond_kwargs, return_dict=False
+            x,
+            t,
+            encoder_hidden_states=cond.context,
+            added_cond_kwargs=cond.added_cond_kwargs,
+            return_dict=False,
+            **residuals,
         )[0]
 
     return denoiser
