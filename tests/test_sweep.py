@@ -10,16 +10,22 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from sdcli.cli import app
 from sdcli.errors import UsageError
-from sdcli.output.sheets import BACKGROUND, contact_sheet, line_plot, sheet_layout
+from sdcli.guidance.classifier import NoisyClassifier
+from sdcli.output.sheets import BACKGROUND, PALETTE, contact_sheet, line_plot, sheet_layout, xy_plot
+from sdcli.recipe import Request
 from sdcli.shapes.judge import judged_adherence, named_attributes
+from sdcli.shapes.reference import ShapesWorld
+from sdcli.shapes.train_classifier import HEADS
 from sdcli.shapes.world import Scene, render
+from sdcli.workflows.distribution import distribution_scores, sweep_reference
 from sdcli.workflows.metrics import ClipScorer, diversity
-from sdcli.workflows.sweep import parse_numbers, parse_seeds
+from sdcli.workflows.sweep import METHOD, Sweep, parse_numbers, parse_seeds
 
 FAST = ["--steps", "2", "--sampler", "euler"]
 
@@ -97,6 +103,17 @@ def test_line_plot_draws_one_panel_per_series():
     assert plot.width == one.width and plot.height == 2 * one.height
     pixels = np.asarray(plot)
     assert ((pixels == (31, 119, 180)).all(axis=-1)).sum() > 50  # the lines and dots
+
+
+def test_xy_plot_draws_each_line_of_a_panel_in_its_own_colour_and_names_them():
+    lines = {"cfg": [(0.9, 0.5), (0.6, 0.8), (0.3, 1.0)], "apg": [(0.95, 0.5), (0.8, 0.9)]}
+    plot = xy_plot({"adherence against recall": lines}, "recall")
+    alone = xy_plot({"adherence against recall": {"cfg": lines["cfg"]}}, "recall")
+    assert plot.height == alone.height and plot.width > alone.width  # the names beside the panel
+    pixels = np.asarray(plot)
+    for colour in PALETTE[:2]:
+        assert ((pixels == colour).all(axis=-1)).sum() > 50, colour
+    assert not ((np.asarray(alone) == PALETTE[1]).all(axis=-1)).any()
 
 
 # Metrics on known images.
@@ -233,6 +250,8 @@ def test_samplers_as_a_second_axis(tiny_model: Path, tmp_path: Path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["axis"] == "sampler" and {c["sampler"] for c in metrics["cells"]} == {"euler", "ddim"}
     assert all(s["diversity"] is None for s in metrics["summary"])  # one seed: no diversity to measure
+    assert [(s["sampler"], s["cfg"]) for s in metrics["summary"]] == [("euler", 1), ("euler", 7), ("ddim", 1),
+                                                                       ("ddim", 7)]  # fmt: skip
     layout = sheet_layout((16, 16), ["cfg 1", "cfg 7"], ["sampler euler", "sampler ddim"])
     assert Image.open(out / "grid.png").size == layout.size
 
@@ -347,6 +366,96 @@ def test_clip_model_gives_clip_scores(tiny_model: Path, tiny_clip: Path, tmp_pat
     scorer = ClipScorer(tiny_clip)
     for cell in metrics["cells"]:
         assert cell["adherence"] == pytest.approx(scorer([Image.open(cell["path"])], "a red circle")[0], abs=1e-3)
+
+
+def test_guidance_methods_as_a_second_axis(tiny_model: Path, tmp_path: Path):
+    """cfg, apg, cfgpp and pag as rows: each cell is generate's image with its method's settings, cfgpp's at the
+    lambda of its column, pag's at the default S; a summary per method and scale."""
+    out = tmp_path / "s"
+    result = run("sweep-guidance", "a cat", "-m", str(tiny_model), *FAST, "--method", "cfg,apg,cfgpp,pag",
+                 "--cfg", "1,4", "--cfgpp-scales", "0.2,0.8", "--seeds", "2", "--seed", "3", "--out-dir", str(out),
+                 "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in out.glob("cfg*.png")) == sorted(
+        f"cfg{c}-method{m}-seed{s}.png" for m, scales in (("cfg", (1, 4)), ("apg", (1, 4)), ("cfgpp", (0.2, 0.8)),
+                                                          ("pag", (1, 4))) for c in scales for s in (3, 4)
+    )  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["axis"] == "method"
+    assert [(s["method"], s["cfg"], s["images"]) for s in metrics["summary"]] == [
+        ("cfg", 1, 2), ("cfg", 4, 2), ("apg", 1, 2), ("apg", 4, 2), ("cfgpp", 0.2, 2), ("cfgpp", 0.8, 2),
+        ("pag", 1, 2), ("pag", 4, 2),
+    ]  # fmt: skip
+    for name, settings in (("cfg4-methodapg-seed4.png", ["--cfg", "4", "--apg"]),
+                           ("cfg0.8-methodcfgpp-seed4.png", ["--cfg", "0.8", "--sampler", "euler-cfgpp"]),
+                           ("cfg4-methodpag-seed4.png", ["--cfg", "4", "--pag-scale", "3"])):  # fmt: skip
+        alone = run("generate", "a cat", "-m", str(tiny_model), *FAST, *settings, "--seed", "4",
+                    "-o", str(tmp_path / "alone.png"), "--overwrite")  # fmt: skip
+        assert alone.exit_code == 0, alone.stderr
+        assert (np.asarray(Image.open(out / name)) == np.asarray(Image.open(tmp_path / "alone.png"))).all(), name
+    layout = sheet_layout((16, 16), ["cfg 1, cfgpp 0.2", "cfg 4, cfgpp 0.8"], [f"method {m}, seed {s}"
+                          for m in ("cfg", "apg", "cfgpp", "pag") for s in (3, 4)])  # fmt: skip
+    assert Image.open(out / "grid.png").size == layout.size
+    assert not (out / "frontier.png").exists()  # no world to measure recall against
+
+
+def test_a_method_sweep_plans_each_row_on_its_own_scales(tiny_model: Path):
+    base = Request.of(prompt="a cat", model=str(tiny_model), sampler="euler", seed=0)
+    sweep = Sweep(base, (1, 7.5), (0,), METHOD, ("cfg", "cfgpp"), row_scales=(("cfgpp", (0.3, 0.9)),))
+    assert sweep.cells == [(1, "cfg", 0, 0), (0.3, "cfgpp", 0, 1), (7.5, "cfg", 0, 0), (0.9, "cfgpp", 0, 1)]
+    assert [sweep.column_label(i) for i in range(2)] == ["cfg 1, cfgpp 0.3", "cfg 7.5, cfgpp 0.9"]
+    recipe = sweep.cell_recipe(0.9, "cfgpp", 0)
+    assert (recipe.sampler, recipe.cfg, recipe.apg) == ("euler-cfgpp", 0.9, False)
+    assert sweep.cell_recipe(7.5, "cfg", 0).sampler == "euler"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "cfg,cfgpp", "--sampler", "euler"], "--cfgpp-scales"),
+        (["--method", "cfg,apg", "--cfgpp-scales", "0.5"], "--cfgpp-scales"),
+        (["--method", "cfg,cfgpp", "--sampler", "euler", "--cfg", "1,3", "--cfgpp-scales", "0.5"], "one per column"),
+        (["--method", "cfg,cfgpp", "--sampler", "euler", "--cfg", "1", "--cfgpp-scales", "2"], "lambda"),
+        (["--method", "cfg,cfgpp", "--cfg", "1", "--cfgpp-scales", "0.5"], "--sampler euler or euler-a"),
+        (["--method", "cfg,nope"], "'nope' is not a guidance method"),
+        (["--method", "cfg,apg", "--apg"], "leave out --apg"),
+        (["--method", "cfg,apg", "--pag-scale", "2"], "add pag to --method"),
+        (["--method", "cfg,apg", "--sampler", "euler,ddim"], "second axis"),
+    ],
+)
+def test_bad_method_sweeps_are_refused_before_any_work(tiny_model: Path, tmp_path: Path, args: list[str], message):
+    result = run("sweep-guidance", "a cat", "-m", str(tiny_model), *args, "--out-dir", str(tmp_path / "s"))
+    assert result.exit_code == 2, result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_shapes_model_with_its_classifier_is_measured_against_its_world(tiny_model: Path, tmp_path: Path):
+    """A copy named shapes that ships a classifier/ has a world: per scale, FID, precision, recall and coverage of
+    its images against the world's draw for the prompt, in that classifier's feature space; and the frontier."""
+    shapes = tmp_path / "shapes"
+    shutil.copytree(tiny_model, shapes)
+    torch.manual_seed(0)
+    NoisyClassifier(heads=HEADS, block_out_channels=(8, 16), norm_num_groups=4).save_pretrained(
+        shapes / "classifier", safe_serialization=True
+    )
+    out = tmp_path / "s"
+    result = run("sweep-guidance", "a red shape", "-m", str(shapes), *FAST, "--cfg", "1,3", "--seeds", "5",
+                 "--seed", "0", "--out-dir", str(out), "--batch-size", "5")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert (out / "frontier.png").exists() and str(out / "frontier.png") in result.stdout
+    assert "fid" in result.stderr and "coverage" in result.stderr
+    metrics = json.loads((out / "metrics.json").read_text())
+    world = ShapesWorld(shapes)
+    reference = sweep_reference(world, "a red shape", 5)
+    for summary in metrics["summary"]:
+        images = [Image.open(c["path"]) for c in metrics["cells"] if c["cfg"] == summary["cfg"]]
+        expected = distribution_scores(world, reference, images, "a red shape")
+        assert [summary[k] for k in ("fid", "precision", "recall", "coverage")] == pytest.approx(
+            [expected.fid, expected.precision, expected.recall, expected.coverage]
+        )
+    rows = [r for r in csv.DictReader((out / "metrics.csv").open()) if r["kind"] == "summary"]
+    assert float(rows[1]["fid"]) == pytest.approx(metrics["summary"][1]["fid"])
 
 
 @pytest.mark.parametrize(

@@ -324,6 +324,24 @@ def sweep_guidance(
             show_default=False,
         ),
     ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME[,NAME...]",
+            help="Guidance methods as rows, a second axis, each over the columns' scales: cfg, apg (--apg), cfgpp "
+            "(the sampler's CFG++ step, e.g. --sampler euler; its scales are --cfgpp-scales), pag (CFG plus "
+            "PAG at --pag-scale, default 3).",
+            show_default=False,
+        ),
+    ] = None,
+    cfgpp_scales: Annotated[
+        str | None,
+        typer.Option(
+            metavar="L,L,...",
+            help="With --method cfgpp: its row's lambdas in [0, 1], one per --cfg scale (column); a list or a range.",
+            show_default=False,
+        ),
+    ] = None,
     clip_model: Annotated[
         Path | None, typer.Option(help="A local CLIP model folder (transformers CLIPModel) for CLIP scores.")
     ] = None,
@@ -337,7 +355,7 @@ def sweep_guidance(
 ) -> None:
     """Sweep the guidance scale: a labelled contact sheet, per-image and per-scale metrics, and their plot."""
     from sdcli.output.files import image_name
-    from sdcli.workflows.sweep import Sweep, parse_numbers, parse_seeds, parse_words, run
+    from sdcli.workflows.sweep import METHOD, Sweep, parse_numbers, parse_seeds, parse_words, run
 
     interactive = _interactive(quiet)
     settings = {"prompt": _read_prompt(prompt), **(given or {})}
@@ -370,16 +388,34 @@ def sweep_guidance(
         axes.append(("--neg-scale", "neg_scale", parse_numbers(neg_scale, "--neg-scale")))
     if len(strengths) > 1:
         axes.append(("--strength", "strength", strengths))
+    methods = parse_words(method) if method is not None else ()
+    if methods:
+        axes.append(("--method", METHOD, methods))
     if len(axes) > 1:
         raise UsageError(f"{' and '.join(a[0] for a in axes)} are each a second axis (rows) here; give one of them")
     _, axis, values = axes[0] if axes else (None, None, ())
-    plan = Sweep(base, scales, parse_seeds(seeds, base.recipe.seed), axis, values, column)
+    lambdas = parse_numbers(cfgpp_scales, "--cfgpp-scales") if cfgpp_scales is not None else None
+    plan = Sweep(base, scales, parse_seeds(seeds, base.recipe.seed), axis, values, column,
+                 _method_scales(methods, lambdas, base.recipe))  # fmt: skip
     name = image_name(base.recipe.prompt, base.recipe.seed).removesuffix(".png")
     folder = out_dir or Path("outputs") / f"sweep-{name}"
-    judge = _judge_for(base.recipe.model)
+    judge, world = _judge_for(base.recipe.model), _world_for(base.recipe.model)
+    report = None if quiet else _stderr_block
     with step_progress(interactive) as on_step:
-        for path, row in run(plan, folder, overwrite, clip_model, judge, on_step, None if quiet else _stderr_block):
+        for path, row in run(plan, folder, overwrite, clip_model, judge, on_step, report, world):
             _emit(json.dumps(row or {"path": str(path)}) if as_json else str(path))
+
+
+def _method_scales(methods: tuple[str, ...], lambdas: tuple[float, ...] | None, recipe: Recipe) -> tuple:
+    """The rows' own column scales, as `Sweep.row_scales`: cfgpp's lambdas (--cfgpp-scales), which it needs."""
+    if recipe.apg and methods:
+        raise UsageError("--method sets APG for its apg rows only; leave out --apg")
+    if recipe.pag_scale and methods and "pag" not in methods:
+        raise UsageError("--pag-scale is the pag rows' S here; add pag to --method, or leave out --pag-scale")
+    if ("cfgpp" in methods) != (lambdas is not None):
+        raise UsageError("--method cfgpp and --cfgpp-scales go together: CFG++'s lambdas in [0, 1], one per --cfg "
+                         "scale, for example --method cfg,cfgpp --cfg 1,3,7.5 --cfgpp-scales 0.2,0.5,0.8")  # fmt: skip
+    return (("cfgpp", lambdas),) if lambdas is not None else ()
 
 
 def _judge_for(model: str) -> Any:
@@ -390,6 +426,18 @@ def _judge_for(model: str) -> Any:
     from sdcli.shapes import judge
 
     return judge
+
+
+def _world_for(model: str) -> Any:
+    """The built-in shapes model's world for a sweep of it (as `_judge_for`, and only where the folder ships the
+    classifier, its feature space): what FID, precision, recall and coverage measure against. Others have none."""
+    if Path(model).name != "shapes":
+        return None
+    from sdcli.loading.references import ModelFolder, resolve_model
+    from sdcli.shapes.reference import world_for
+
+    found = resolve_model(model)
+    return world_for(found.folder) if isinstance(found, ModelFolder) else None
 
 
 def _stderr_block(text: str) -> None:

@@ -1,4 +1,5 @@
-"""Pictures of a run, drawn with Pillow alone: a labelled contact sheet of images, and simple line plots.
+"""Pictures of a run, drawn with Pillow alone: a labelled contact sheet of images, and simple line plots (y
+against x, one line or several per panel).
 
 Pure functions: images and numbers in, a new `PIL.Image` out; nothing is written here.
 """
@@ -101,6 +102,10 @@ def contact_sheet(
 
 PANEL = (360, 150)  # plot area of one panel, pixels
 MARGIN = (56, 26, 16, 30)  # left, top, right, bottom around a panel's plot area
+PALETTE = (LINE, (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))  # one per line
+LEGEND_LINE = 12  # pixels between the names of a panel's lines
+
+Points = Sequence[tuple[float, float | None]]  # (x, y) of one line, in drawing order
 
 
 def _tick(value: float) -> str:
@@ -110,31 +115,45 @@ def _tick(value: float) -> str:
 def line_plot(xs: Sequence[float], series: dict[str, Sequence[float | None]], x_label: str) -> Image.Image:
     """One panel per series, stacked: y against x as a line with dots (None values are left out), the series'
     name as the panel's title, its min and max on the y axis, every x value on the x axis."""
+    return xy_plot({name: {name: list(zip(xs, ys, strict=True))} for name, ys in series.items()}, x_label, xs)
+
+
+def xy_plot(panels: dict[str, dict[str, Points]], x_label: str, x_ticks: Sequence[float] = ()) -> Image.Image:
+    """One panel per entry, stacked, all on one x range: each of its lines as (x, y) points joined in order, with
+    dots (None values are left out), each line in its colour and named at the panel's right when it has several;
+    the panel's name as its title, its y min and max on the y axis, `x_ticks` (default: the x range's ends) on the x
+    axis."""
     left, top, right, bottom = MARGIN
     panel_width, panel_height = PANEL
+    names = [name for lines in panels.values() if len(lines) > 1 for name in lines]
+    legend = max((_text_size(name)[0] + 2 * PAD for name in names), default=0)
     height_each = top + panel_height + bottom
-    plot = Image.new("RGB", (left + panel_width + right, max(1, len(series)) * height_each), BACKGROUND)
+    plot = Image.new("RGB", (left + panel_width + right + legend, max(1, len(panels)) * height_each), BACKGROUND)
     draw = ImageDraw.Draw(plot)
-    x_low, x_high = min(xs), max(xs)
+    all_x = [x for lines in panels.values() for points in lines.values() for x, _ in points] + list(x_ticks)
+    x_low, x_high = min(all_x, default=0.0), max(all_x, default=1.0)
     x_span = (x_high - x_low) or 1.0
+    ticks = list(x_ticks) or sorted({x_low, x_high})
 
     def px(x: float) -> float:
         return left + (x - x_low) / x_span * panel_width
 
-    for i, (name, ys) in enumerate(series.items()):
+    for i, (title, lines) in enumerate(panels.items()):
         y0 = i * height_each + top  # top of this panel's plot area
-        draw.text((left, y0 - top + 6), name, fill=INK, font=_font())
+        draw.text((left, y0 - top + 6), title, fill=INK, font=_font())
         draw.line([(left, y0), (left, y0 + panel_height), (left + panel_width, y0 + panel_height)], fill=INK)
-        for x in xs:
+        for x in ticks:
             draw.line([(px(x), y0 + panel_height), (px(x), y0 + panel_height + 4)], fill=INK)
             label = _tick(x)
             draw.text((px(x) - _text_size(label)[0] / 2, y0 + panel_height + 6), label, fill=INK, font=_font())
         draw.text((left + panel_width - _text_size(x_label)[0], y0 + panel_height + 18), x_label, fill=INK,
                   font=_font())  # fmt: skip
-        known = [(x, y) for x, y in zip(xs, ys, strict=True) if y is not None and math.isfinite(y)]
-        if not known:
+        known = {name: [(x, y) for x, y in points if y is not None and math.isfinite(y)]
+                 for name, points in lines.items()}  # fmt: skip
+        ys = [y for points in known.values() for _, y in points]
+        if not ys:
             continue
-        y_low, y_high = min(y for _, y in known), max(y for _, y in known)
+        y_low, y_high = min(ys), max(ys)
         y_span = (y_high - y_low) or 1.0
 
         def py(y: float, y0: int = y0, y_low: float = y_low, y_span: float = y_span) -> float:
@@ -143,9 +162,13 @@ def line_plot(xs: Sequence[float], series: dict[str, Sequence[float | None]], x_
         for value in {y_low, y_high}:
             label = _tick(value)
             draw.text((left - 6 - _text_size(label)[0], py(value) - 5), label, fill=INK, font=_font())
-        points = [(px(x), py(y)) for x, y in known]
-        if len(points) > 1:
-            draw.line(points, fill=LINE, width=2)
-        for x, y in points:
-            draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=LINE)
+        for j, (name, points) in enumerate(known.items()):
+            colour = PALETTE[j % len(PALETTE)]
+            if len(lines) > 1:
+                draw.text((left + panel_width + right + PAD, y0 + j * LEGEND_LINE), name, fill=colour, font=_font())
+            xy = [(px(x), py(y)) for x, y in points]
+            if len(xy) > 1:
+                draw.line(xy, fill=colour, width=2)
+            for x, y in xy:
+                draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
     return plot

@@ -2,7 +2,9 @@
 built-in model's `sdcli.workflows.metrics.Judge`: sweeps of the model measure adherence with it.
 
 Background from the border, the shape's pixels by their distance from it, colour by the nearest palette entry,
-shape by how much of its bounding box it fills (square 1, circle pi/4, triangle 1/2).
+shape by how much of its bounding box it fills (square 1, circle pi/4, triangle 1/2). `read_out` adds the layout
+the world draws freely, binned: the size from the box, the position of its centre, for the distribution of what a
+prompt leaves free (`sdcli.shapes.reference`).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from sdcli.shapes.world import BACKGROUNDS, COLOURS, SHAPES
+from sdcli.shapes.world import BACKGROUNDS, COLOURS, IMAGE_SIZE, SHAPES, SIZE_RANGE
 
 MIN_DISTANCE = 60.0  # RGB distance from the background beyond which a pixel belongs to the shape
 MIN_PIXELS = 30  # fewer shape pixels than this: no shape
+SIZE_BINS = ("small", "medium", "large")  # thirds of the world's size range
+POSITION_BINS = {"x": ("left", "middle", "right"), "y": ("top", "middle", "bottom")}  # thirds of the image
+NO_SHAPE = "none"  # what `read_out` reads where the judge sees no shape
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,52 @@ def shape_centre(image: np.ndarray) -> tuple[float, float] | None:
     return float(xs.mean()), float(ys.mean())
 
 
+def _box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """The shape's robust bounding box (x0, x1, y0, y1), inclusive, from its mask (H, W): the outermost 1% of stray
+    pixels on each side ignored."""
+    ys, xs = np.nonzero(mask)
+    y0, y1 = np.percentile(ys, [1, 99])
+    x0, x1 = np.percentile(xs, [1, 99])
+    return int(x0), int(x1), int(y0), int(y1)
+
+
+def layout(image: np.ndarray) -> tuple[float, float, float] | None:
+    """The shape's (cx, cy, size) in pixels of one (H, W, 3) uint8 image, as the world's Scene has them: the centre
+    of its bounding box and the mean of the box's sides; None where there is no shape."""
+    _, mask = _shape_pixels(image.astype(np.float64))
+    if mask.sum() < MIN_PIXELS:
+        return None
+    x0, x1, y0, y1 = _box(mask)
+    return (x0 + x1 + 1) / 2, (y0 + y1 + 1) / 2, (x1 - x0 + y1 - y0 + 2) / 2
+
+
+def _bin(value: float, low: float, high: float, names: tuple[str, ...]) -> str:
+    """The name of the equal-width bin of [low, high] that value falls in (values outside: the end bins)."""
+    index = int((value - low) / (high - low) * len(names))
+    return names[min(max(index, 0), len(names) - 1)]
+
+
+def read_out(image: np.ndarray) -> dict[str, str]:
+    """Everything the world draws, read from one (64, 64, 3) uint8 image: shape, colour and background as `judge`
+    sees them, and the size (thirds of the world's size range) and position (thirds of the image) of the shape's
+    box; each "none" where there is no shape."""
+    verdict = judge(image)
+    found = layout(image)
+    if found is None:
+        return {"shape": NO_SHAPE, "colour": NO_SHAPE, "background": verdict.background, "size": NO_SHAPE,
+                "x": NO_SHAPE, "y": NO_SHAPE}  # fmt: skip
+    cx, cy, size = found
+    low, high = (fraction * IMAGE_SIZE for fraction in SIZE_RANGE)
+    return {
+        "shape": verdict.shape,
+        "colour": verdict.colour,
+        "background": verdict.background,
+        "size": _bin(size, low, high, SIZE_BINS),
+        "x": _bin(cx, 0, IMAGE_SIZE, POSITION_BINS["x"]),
+        "y": _bin(cy, 0, IMAGE_SIZE, POSITION_BINS["y"]),
+    }
+
+
 def judge(image: np.ndarray) -> Verdict:
     """Judge one (H, W, 3) uint8 image."""
     pixels = image.astype(np.float64)
@@ -63,12 +114,8 @@ def judge(image: np.ndarray) -> Verdict:
     if mask.sum() < MIN_PIXELS:
         return Verdict(shape=None, colour=None, background=background)
     colour = _nearest(COLOURS, np.median(pixels[mask], axis=0))
-    ys, xs = np.nonzero(mask)
-    # robust bounding box: ignore the outermost 1% of stray pixels on each side
-    y0, y1 = np.percentile(ys, [1, 99])
-    x0, x1 = np.percentile(xs, [1, 99])
-    box = mask[int(y0) : int(y1) + 1, int(x0) : int(x1) + 1]
-    fill = box.mean()
+    x0, x1, y0, y1 = _box(mask)
+    fill = mask[y0 : y1 + 1, x0 : x1 + 1].mean()
     shape = "triangle" if fill < 0.65 else "circle" if fill < 0.89 else "square"
     return Verdict(shape=shape, colour=colour, background=background)
 

@@ -5,7 +5,8 @@ Everything here is plain numpy and fixed, so that an image can be judged from it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from itertools import product
 
 import numpy as np
@@ -55,6 +56,12 @@ def random_scene(rng: np.random.Generator) -> Scene:
         cy=float(cy),
         size=float(size),
     )
+
+
+def random_scene_given(rng: np.random.Generator, fixed: Mapping[str, str]) -> Scene:
+    """A scene drawn as `random_scene` draws it with the attributes in `fixed` (shape, colour, background) set: the
+    world draws its attributes independently, so this is its distribution conditioned on them."""
+    return replace(random_scene(rng), **fixed)
 
 
 def shape_mask(scene: Scene) -> np.ndarray:

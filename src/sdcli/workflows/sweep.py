@@ -3,11 +3,14 @@
 1. plan: the grid of cells, one `Request` per column and run of consecutive seeds (so seeds batch together)
 2. make each column's images with the generate loop; the same seed gives the same initial noise in every column,
    so columns differ by guidance alone
-3. measure each cell (prompt adherence) and each column (diversity between seeds, time per image)
-4. report: the cell PNGs, a labelled contact sheet, metrics.csv / metrics.json, a plot of the summary
+3. measure each cell (prompt adherence) and each column of each axis value (diversity between seeds, time per
+   image; with a model that has its own `World`, FID, precision, recall and coverage against the world's draw)
+4. report: the cell PNGs, a labelled contact sheet, metrics.csv / metrics.json, a plot of the summary, and with a
+   `World` the frontier: adherence and precision against recall, one line per axis value
 
-Diversity and adherence are the two sides of classifier-free guidance's trade-off (Ho & Salimans 2022, Table 1):
-raising w makes images follow the prompt more closely and differ less from seed to seed.
+Diversity and adherence are the two sides of classifier-free guidance's trade-off (Ho & Salimans 2022, Table 1,
+FID and IS against w; Dhariwal & Nichol 2021, precision and recall): raising w makes images follow the prompt more
+closely and differ less from seed to seed. Guidance methods as the rows (`method`) put each on that frontier.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import io
 import json
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from PIL import Image
@@ -26,16 +29,48 @@ from sdcli.engine import check_inputs, load_for, make_images
 from sdcli.errors import UsageError
 from sdcli.output.files import check_paths
 from sdcli.output.metadata import check_made_with, encode_png
-from sdcli.output.sheets import contact_sheet, line_plot
+from sdcli.output.sheets import contact_sheet, xy_plot
 from sdcli.output.writes import write_atomic
 from sdcli.recipe import MAX_IMAGES, MAX_SEED, Recipe, Request
 from sdcli.sampling.loop import StepCallback
+from sdcli.sampling.samplers import NAMES as SAMPLER_NAMES
+from sdcli.workflows.distribution import (
+    K_NEAREST,
+    DistributionScores,
+    World,
+    distribution_scores,
+    sweep_reference,
+)
 from sdcli.workflows.metrics import ClipScorer, Judge, diversity
 
 MAX_VALUES = 1000  # a range that long is a typo
 MAX_CELLS = MAX_IMAGES  # a sweep's images, seeds x scales x axis values: as many as one request may make
 # The guidance scales a sweep's columns can be: Recipe field -> its name in options, files, labels and metrics.
 COLUMNS = {"cfg": "cfg", "classifier_scale": "classifier-scale"}
+METHOD = "method"  # the axis of guidance methods, each its settings over the base recipe (`method_settings`)
+METHODS = ("cfg", "apg", "cfgpp", "pag")
+DEFAULT_PAG_SCALE = 3.0  # a pag row's S without --pag-scale: diffusers' StableDiffusionPAGPipeline's default
+
+
+def method_settings(method: str, base: Recipe) -> dict:
+    """The settings a guidance method sets over the sweep's base recipe, its scale being the column's: cfg plain;
+    apg, adaptive projected guidance (Sadat et al. 2024) in CFG's place; cfgpp, the base sampler's CFG++ step
+    (Chung et al. 2024; its scale is lambda in [0, 1]); pag, CFG plus perturbed-attention guidance (Ahn et al.
+    2024) at the base's --pag-scale, else diffusers' default. Each sets all of these, so the rows differ by method
+    alone."""
+    plain = {"apg": False, "pag_scale": None, "sampler": base.sampler}
+    if method == "apg":
+        return {**plain, "apg": True}
+    if method == "pag":
+        return {**plain, "pag_scale": base.pag_scale or DEFAULT_PAG_SCALE}
+    if method == "cfgpp":
+        cfg_pp = f"{base.sampler}-cfgpp"
+        if cfg_pp not in SAMPLER_NAMES:
+            bases = " or ".join(name.removesuffix("-cfgpp") for name in SAMPLER_NAMES if name.endswith("-cfgpp"))
+            raise UsageError(f"--method cfgpp runs the sampler's CFG++ step, which --sampler {base.sampler} has not; "
+                             f"give --sampler {bases}")  # fmt: skip
+        return {**plain, "sampler": cfg_pp}
+    return plain
 
 
 def parse_numbers(spec: str, option: str) -> tuple[float, ...]:
@@ -100,20 +135,49 @@ class Sweep:
     base: Request  # its column setting, seed and num_images are replaced per cell
     scales: tuple[float, ...]  # the columns
     seeds: tuple[int, ...]
-    axis: str | None = None  # a Recipe field swept as rows beside the seeds ("sampler", "neg_scale"), or none
+    axis: str | None = None  # a Recipe field swept as rows beside the seeds ("sampler", "neg_scale"), METHOD, or none
     axis_values: tuple = ()
     column: str = "cfg"  # the guidance scale the columns sweep: one of COLUMNS
+    # axis values whose columns have scales of their own (cfgpp's lambdas), as (value, scales) with one per column
+    row_scales: tuple[tuple[object, tuple[float, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.scales:
             raise UsageError(f"--{self.name} gives no guidance scales; for example --{self.name} 1,3,5,7.5")
-        cells = len(self.scales) * len(self.seeds) * (len(self.axis_values) if self.axis is not None else 1)
+        cells = len(self.scales) * len(self.seeds) * len(self.values)
         if cells > MAX_CELLS:
             raise UsageError(f"the sweep has {cells:,} cells (scales x seeds x values), over the limit of "
                              f"{MAX_CELLS:,}; give fewer scales, seeds or values")  # fmt: skip
-        for value in self.axis_values if self.axis is not None else ():  # each value must make a valid request
-            self.base.with_recipe(**{self.axis: value})
-        self.base.with_recipe(**{self.column: self.scales[0]})
+        unknown = [value for value in self.axis_values if value not in METHODS] if self.axis == METHOD else []
+        if unknown:
+            raise UsageError(f"--method {unknown[0]!r} is not a guidance method; use some of {', '.join(METHODS)}")
+        for value, scales in self.row_scales:
+            if len(scales) != len(self.scales):
+                raise UsageError(f"--{value}-scales gives {len(scales)} scales for the {len(self.scales)} columns of "
+                                 f"--{self.name}; give one per column")  # fmt: skip
+        for value in self.values:  # every cell must make a valid request
+            for scale in self.scales_of(value):
+                self.base.with_recipe(**{self.column: scale, **self.row_settings(value)})
+
+    @property
+    def values(self) -> tuple:
+        """The axis values, (None,) without an axis."""
+        return self.axis_values if self.axis is not None else (None,)
+
+    def row_settings(self, value: object) -> dict:
+        """The settings an axis value sets: its field's, or a guidance method's; none without an axis."""
+        if self.axis is None:
+            return {}
+        return method_settings(value, self.base.recipe) if self.axis == METHOD else {self.axis: value}
+
+    def scales_of(self, value: object) -> tuple[float, ...]:
+        """The column scales of an axis value's rows: its own (cfgpp's lambdas), else the sweep's."""
+        return dict(self.row_scales).get(value, self.scales)
+
+    def column_label(self, column: int) -> str:
+        """`cfg 3`, with the scales of the rows that have their own: `cfg 3, cfgpp 0.4`."""
+        own = "".join(f", {value} {scales[column]:g}" for value, scales in self.row_scales)
+        return f"{self.name} {self.scales[column]:g}{own}"
 
     @property
     def name(self) -> str:
@@ -123,13 +187,13 @@ class Sweep:
     @property
     def rows(self) -> list[tuple[object, int]]:
         """(axis value, seed) per row, axis value None when there is no second axis."""
-        values = self.axis_values if self.axis is not None else (None,)
-        return [(value, seed) for value in values for seed in self.seeds]
+        return [(value, seed) for value in self.values for seed in self.seeds]
 
     @property
     def cells(self) -> list[tuple[float, object, int, int]]:
         """(scale, axis value, seed, row) of every cell, in the order they are made: column by column."""
-        return [(scale, value, seed, row) for scale in self.scales for row, (value, seed) in enumerate(self.rows)]
+        return [(self.scales_of(value)[column], value, seed, row) for column in range(len(self.scales))
+                for row, (value, seed) in enumerate(self.rows)]  # fmt: skip
 
     def cell_recipe(self, scale: float, value: object, seed: int) -> Recipe:
         """The recipe that makes one cell alone: its column's, at its seed."""
@@ -148,7 +212,7 @@ class Sweep:
 
     def column_requests(self, scale: float, value: object) -> list[Request]:
         """The requests that make one column (of one axis value): one per run of consecutive seeds, in seed order."""
-        settings = {self.column: scale, **({self.axis: value} if self.axis is not None else {})}
+        settings = {self.column: scale, **self.row_settings(value)}
         runs: list[list[int]] = []
         for seed in self.seeds:
             if runs and seed == runs[-1][-1] + 1:
@@ -173,17 +237,34 @@ class CellResult:
 
 @dataclass(frozen=True)
 class Summary:
-    """One guidance scale's measurements over its cells."""
+    """One guidance scale's measurements over its cells (those of one axis value)."""
 
     scale: float
+    axis_value: object  # None without an axis
     images: int
     adherence: float | None  # the mean over cells (judge: the fraction judged right)
-    diversity: float | None  # mean pairwise distance between seeds, averaged over axis values; None for 1 seed
+    diversity: float | None  # mean pairwise distance between seeds; None for 1 seed
+    fid: float | None  # against the model's world (`World`; None without one): sdcli.workflows.distribution
+    precision: float | None
+    recall: float | None
+    coverage: float | None
     seconds_per_image: float | None  # over the cells made by this run; None when it made none
+
+
+NOT_MEASURED = DistributionScores(fid=None, precision=None, recall=None, coverage=None)
+DISTRIBUTION = tuple(f.name for f in fields(DistributionScores))  # their names in Summary and the metrics
+# the images of one scale (and axis value) -> their distribution scores
+DistributionMeasure = Callable[[list[Image.Image]], DistributionScores]
 
 
 # (images, prompt) -> one adherence value per image
 Scorer = Callable[[list[Image.Image], str], list[float]]
+
+
+def named_text(recipe: Recipe) -> str:
+    """What the images are asked to show, as text: the prompt, then the labels classifier guidance steers to."""
+    targets = [label for _, _, label in (item.partition("=") for item in (recipe.classifier or "").split(","))]
+    return " ".join([recipe.prompt, *targets])
 
 
 def make_scorer(judge: Judge | None, recipe: Recipe) -> tuple[str | None, Scorer | None]:
@@ -192,8 +273,7 @@ def make_scorer(judge: Judge | None, recipe: Recipe) -> tuple[str | None, Scorer
     Returns (name of the measure, scorer)."""
     if judge is None:
         return None, None
-    targets = [label for _, _, label in (item.partition("=") for item in (recipe.classifier or "").split(","))]
-    attributes = judge.named_attributes(" ".join([recipe.prompt, *targets]))
+    attributes = judge.named_attributes(named_text(recipe))
     if not attributes:
         return None, None
     return "judged " + "+".join(attributes), lambda images, _: [
@@ -212,8 +292,9 @@ def run_sweep(
     an interrupted sweep keeps what it made: `make(request)` yields (image, seconds, payload) per seed of the
     request."""
     row_of = {row: i for i, row in enumerate(sweep.rows)}
-    for scale in sweep.scales:
-        for value in sweep.axis_values if sweep.axis is not None else (None,):
+    for column in range(len(sweep.scales)):
+        for value in sweep.values:
+            scale = sweep.scales_of(value)[column]
             missing = tuple(seed for seed in sweep.seeds if out_dir / sweep.cell_name(scale, value, seed) not in done)
             for request in replace(sweep, seeds=missing).column_requests(scale, value) if missing else ():
                 for seed, (image, seconds, payload) in zip(request.seeds, make(request), strict=True):
@@ -272,25 +353,37 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def summarize(sweep: Sweep, cells: list[CellResult], images: dict[Path, Image.Image]) -> list[Summary]:
-    """Per guidance scale: mean adherence, diversity between seeds (per axis value, then averaged), time."""
+def distribution_measure(world: World | None, sweep: Sweep) -> DistributionMeasure | None:
+    """The distribution scores of a set of images against the world's draw for what they are asked to show (drawn
+    and measured once here); None without a world."""
+    if world is None:
+        return None
+    text = named_text(sweep.base.recipe)
+    reference = sweep_reference(world, text, len(sweep.seeds))
+    return lambda images: distribution_scores(world, reference, images, text)
+
+
+def summarize(
+    sweep: Sweep, cells: list[CellResult], images: dict[Path, Image.Image], measure: DistributionMeasure | None = None
+) -> list[Summary]:
+    """Per axis value and guidance scale: mean adherence, diversity between seeds, the distribution scores, time."""
     summaries = []
-    for scale in sweep.scales:
-        column = [c for c in cells if c.scale == scale]
-        groups: dict[object, list[Image.Image]] = {}
-        for cell in column:
-            groups.setdefault(cell.axis_value, []).append(images[cell.path])
-        spread = _mean([diversity(group) for group in groups.values() if len(group) > 1])
-        scores = [c.adherence for c in column if c.adherence is not None]
-        summaries.append(
-            Summary(
-                scale=scale,
-                images=len(column),
-                adherence=_mean(scores),
-                diversity=spread,
-                seconds_per_image=_mean([c.seconds for c in column if c.seconds is not None]),
+    for value in sweep.values:
+        for scale in sweep.scales_of(value):
+            group = [c for c in cells if c.axis_value == value and c.scale == scale]
+            pictures = [images[c.path] for c in group]
+            scores = measure(pictures) if measure else NOT_MEASURED
+            summaries.append(
+                Summary(
+                    scale=scale,
+                    axis_value=value,
+                    images=len(group),
+                    adherence=_mean([c.adherence for c in group if c.adherence is not None]),
+                    diversity=diversity(pictures) if len(pictures) > 1 else None,
+                    **asdict(scores),
+                    seconds_per_image=_mean([c.seconds for c in group if c.seconds is not None]),
+                )
             )
-        )
     return summaries
 
 
@@ -306,7 +399,8 @@ def _cell_row(sweep: Sweep, cell: CellResult) -> dict:
 
 def _summary_row(sweep: Sweep, summary: Summary) -> dict:
     row = asdict(summary)
-    return {sweep.column: row.pop("scale"), **row}
+    scale, value = row.pop("scale"), row.pop("axis_value")
+    return {sweep.column: scale, **({sweep.axis: value} if sweep.axis else {}), **row}
 
 
 def metrics_json(sweep: Sweep, measure: str | None, cells: list[CellResult], summary: list[Summary]) -> str:
@@ -322,39 +416,80 @@ def metrics_json(sweep: Sweep, measure: str | None, cells: list[CellResult], sum
 
 
 def metrics_csv(sweep: Sweep, cells: list[CellResult], summary: list[Summary]) -> str:
-    """One row per cell (kind `cell`), then one per guidance scale (kind `summary`)."""
+    """One row per cell (kind `cell`), then one per guidance scale and axis value (kind `summary`)."""
     axis = [sweep.axis] if sweep.axis else []
-    columns = ["kind", sweep.column, *axis, "seed", "path", "adherence", "diversity", "seconds", "images"]
+    columns = ["kind", sweep.column, *axis, "seed", "path", "adherence", "diversity", *DISTRIBUTION, "seconds",
+               "images"]  # fmt: skip
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()
     for cell in cells:
         writer.writerow({"kind": "cell", **_cell_row(sweep, cell)})
     for s in summary:
-        writer.writerow({"kind": "summary", sweep.column: s.scale, "adherence": s.adherence,
-                         "diversity": s.diversity, "seconds": _round(s.seconds_per_image, 4),
-                         "images": s.images})  # fmt: skip
+        row = _summary_row(sweep, s)
+        seconds = _round(row.pop("seconds_per_image"), 4)
+        writer.writerow({"kind": "summary", **row, "seconds": seconds})
     return buffer.getvalue()
 
 
-def summary_table(name: str, measure: str | None, summary: list[Summary]) -> str:
-    """The summary as a plain text table (for stderr); `name` heads the column of scales."""
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
-    def fmt(value: float | None, digits: int) -> str:
-        return "-" if value is None else f"{value:.{digits}f}"
 
-    width = max(6, len(name))
-    lines = [f"{name:>{width}}  {'images':>6}  {'adherence':>9}  {'diversity':>9}  {'s/image':>8}"]
+def summary_table(sweep: Sweep, measure: str | None, summary: list[Summary]) -> str:
+    """The summary as a plain text table (for stderr): a row per axis value and scale; the distribution scores'
+    columns where they were measured."""
+    axis = sweep.axis.replace("_", "-") if sweep.axis else None
+    measured = any(s.fid is not None for s in summary)
+    scores = DISTRIBUTION if measured else ()
+    header = [*([axis] if axis else []), sweep.name, "images", "adherence", "diversity", *scores, "s/image"]
+    rows = []
     for s in summary:
-        lines.append(
-            f"{s.scale:>{width}g}  {s.images:>6}  {fmt(s.adherence, 3):>9}  {fmt(s.diversity, 4):>9}  "
-            f"{fmt(s.seconds_per_image, 3):>8}"
-        )
+        values = [_fmt(getattr(s, name), 2 if name == "fid" else 3) for name in scores]
+        rows.append([*([_text(s.axis_value)] if axis else []), f"{s.scale:g}", str(s.images), _fmt(s.adherence, 3),
+                     _fmt(s.diversity, 4), *values, _fmt(s.seconds_per_image, 3)])  # fmt: skip
+    widths = [max(len(text) for text in column) for column in zip(header, *rows)]
+    lines = ["  ".join(text.rjust(width) for text, width in zip(line, widths)) for line in [header, *rows]]
     lines.append(f"adherence: {measure or 'not measured (give --clip-model, or use the shapes model)'}")
+    if measured:
+        lines.append(f"fid, precision, recall (k={K_NEAREST}), coverage: against the model's world, over "
+                     f"{len(sweep.seeds)} seeds a scale (FID means little under about 24)")  # fmt: skip
     return "\n".join(lines)
 
 
-REPORTS = ("grid.png", "metrics.csv", "metrics.json", "metrics.png")
+def _lines(sweep: Sweep, summary: list[Summary], y: str, x: str = "scale") -> dict[str, list[tuple]]:
+    """One line per axis value (named by it; "" without an axis): the summary's (x, y) fields over its scales."""
+    return {_text(value) if sweep.axis else "": [(getattr(s, x), getattr(s, y)) for s in summary
+            if s.axis_value == value] for value in sweep.values}  # fmt: skip
+
+
+TITLES = {
+    "fid": "FID against the model's world",
+    "precision": f"precision (k={K_NEAREST})",
+    "recall": f"recall (k={K_NEAREST})",
+    "coverage": "coverage (1 - mean TV of what the prompt leaves free)",
+}
+
+
+def plots(sweep: Sweep, measure: str | None, summary: list[Summary]) -> dict[str, Image.Image]:
+    """metrics.png, the summary against the scale; with the distribution scores frontier.png, adherence and
+    precision against recall (the trade-off of Dhariwal & Nichol 2021, Table 4): one line per axis value in both."""
+    adherence = f"adherence ({measure})"
+    panels = {adherence: _lines(sweep, summary, "adherence")} if measure else {}
+    panels["diversity (mean pairwise RMS distance)"] = _lines(sweep, summary, "diversity")
+    measured = any(s.fid is not None for s in summary)
+    panels |= {TITLES[name]: _lines(sweep, summary, name) for name in DISTRIBUTION if measured}
+    panels["seconds per image"] = _lines(sweep, summary, "seconds_per_image")
+    scale = "guidance scale" if sweep.column == "cfg" else "classifier scale"
+    pictures = {"metrics.png": xy_plot(panels, scale, sweep.scales)}
+    if measured:
+        frontier = {f"{adherence} against recall": _lines(sweep, summary, "adherence", "recall")} if measure else {}
+        frontier[f"{TITLES['precision']} against recall"] = _lines(sweep, summary, "precision", "recall")
+        pictures["frontier.png"] = xy_plot(frontier, TITLES["recall"])
+    return pictures
+
+
+REPORTS = ("grid.png", "metrics.csv", "metrics.json", "metrics.png", "frontier.png")  # frontier: with a World
 
 
 def _png(image: Image.Image) -> bytes:
@@ -371,14 +506,15 @@ def run(
     judge: Judge | None = None,
     on_step: StepCallback | None = None,
     report: Callable[[str], None] | None = None,
+    world: World | None = None,
 ) -> Iterator[tuple[Path, dict | None]]:
     """Make, measure and write the sweep; yields (path, its JSON object) per cell image as it lands, then
     (path, None) per report file. A rerun resumes: cells already made with the same settings are kept (unless
     `overwrite`), and the reports are made again from every cell. `report(text)` receives the number of cells kept
-    and the summary table."""
+    and the summary table. With the model's `world`, each scale's images are also measured against it."""
     # 1. Check inputs and outputs before the model loads.
-    for value in sweep.axis_values if sweep.axis is not None else (None,):  # each row's init image and strength
-        check_inputs(sweep.cell_recipe(sweep.scales[0], value, sweep.seeds[0]))
+    for value in sweep.values:  # each row's init image and strength
+        check_inputs(sweep.cell_recipe(sweep.scales_of(value)[0], value, sweep.seeds[0]))
     done = kept_cells(sweep, out_dir, overwrite)
     clip = ClipScorer(clip_model) if clip_model is not None else None
     # 2. Load the model; choose the adherence measure.
@@ -397,26 +533,20 @@ def run(
         write_atomic(cell.path, encode_png(image, made.record), overwrite)
         made_now[cell.path] = cell
         yield cell.path, {**made.result(cell.path), "adherence": cell.adherence}
-    # 4. The contact sheet, the metrics and their plot, from every cell on disk.
+    # 4. The contact sheet, the metrics and their plots, from every cell on disk (in column order).
     cells, images = all_cells(sweep, out_dir, made_now, scorer)
-    summary = summarize(sweep, cells, images)
-    grid = [[images[c.path] for c in sorted(cells, key=lambda c: sweep.scales.index(c.scale)) if c.row == r]
-            for r in range(len(sweep.rows))]  # fmt: skip
-    sheet = contact_sheet(
-        grid, [f"{sweep.name} {s:g}" for s in sweep.scales], [sweep.row_label(*row) for row in sweep.rows]
-    )
-    series = {f"adherence ({measure})": [s.adherence for s in summary]} if measure else {}
-    series |= {"diversity (mean pairwise RMS distance)": [s.diversity for s in summary],
-               "seconds per image": [s.seconds_per_image for s in summary]}  # fmt: skip
-    plot = line_plot(list(sweep.scales), series, "guidance scale" if sweep.column == "cfg" else "classifier scale")
+    summary = summarize(sweep, cells, images, distribution_measure(world, sweep))
+    grid = [[images[c.path] for c in cells if c.row == r] for r in range(len(sweep.rows))]
+    columns = [sweep.column_label(i) for i in range(len(sweep.scales))]
+    sheet = contact_sheet(grid, columns, [sweep.row_label(*row) for row in sweep.rows])
     contents = {
         "grid.png": _png(sheet),
         "metrics.csv": metrics_csv(sweep, cells, summary).encode(),
         "metrics.json": metrics_json(sweep, measure, cells, summary).encode(),
-        "metrics.png": _png(plot),
+        **{name: _png(picture) for name, picture in plots(sweep, measure, summary).items()},
     }
-    for name in REPORTS:
+    for name in (name for name in REPORTS if name in contents):
         write_atomic(out_dir / name, contents[name], overwrite or bool(done))  # a resumed sweep's are made again
         yield out_dir / name, None
     if report is not None:
-        report(summary_table(sweep.name, measure, summary))
+        report(summary_table(sweep, measure, summary))
