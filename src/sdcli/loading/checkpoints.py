@@ -6,6 +6,7 @@ Every way a file can fail to be a checkpoint ends in one line that says what was
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from safetensors.torch import load_file
 
 from sdcli.errors import Failure, UsageError, reason
 from sdcli.loading.headers import read_header, refuse
-from sdcli.loading.references import SAFETENSORS, check_checkpoint_file
+from sdcli.loading.references import PICKLES, SAFETENSORS, check_checkpoint_file, refuse_pickle
 
 Tensors = dict[str, torch.Tensor]
 
@@ -57,3 +58,20 @@ def read_checkpoint(path: Path, allow_pickle: bool = False) -> Tensors:
     if not tensors:
         raise UsageError(f"{path} holds no tensors; pass a Stable Diffusion checkpoint")
     return tensors
+
+
+def check_adapter_file(path: Path, option: str, kind: str, allow_pickle: bool, recorded_sha256: str | None) -> str:
+    """An adapter file's checks before it is read (a suffix sdcli reads, a pickle only when allowed, the file a replay
+    recorded), and its sha256."""
+    suffix = path.suffix.lower()
+    if suffix not in SAFETENSORS + PICKLES:
+        raise UsageError(f"{option} {path} is not {kind} (suffix {suffix or 'none'}); give .safetensors")
+    if suffix in PICKLES and not allow_pickle:
+        refuse_pickle(path)
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    if recorded_sha256 not in (None, sha256):
+        raise UsageError(
+            f"{option} {path} is not the file this was made with (sha256 {recorded_sha256[:12]}... recorded, "
+            f"{sha256[:12]}... now); give that file"
+        )
+    return sha256

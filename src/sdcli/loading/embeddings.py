@@ -16,7 +16,6 @@ to all of them.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +26,8 @@ from diffusers.loaders import TextualInversionLoaderMixin
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from sdcli.errors import UsageError, reason
-from sdcli.loading.checkpoints import load_pickle, read_checkpoint
-from sdcli.loading.references import PICKLES, SAFETENSORS, refuse_pickle
+from sdcli.loading.checkpoints import check_adapter_file, load_pickle, read_checkpoint
+from sdcli.loading.references import PICKLES, SAFETENSORS
 from sdcli.recipe import embedding_token
 
 SUFFIXES = SAFETENSORS + PICKLES
@@ -84,18 +83,8 @@ def _vectors(data: object, path: Path) -> tuple[torch.Tensor, ...]:
 
 def read_embedding(path: Path, allow_pickle: bool, recorded_sha256: str | None = None) -> Embedding:
     """The embedding file at `path`, checked against the sha256 a replay recorded for it."""
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise UsageError(f"--embedding {path} is not an embedding file (suffix {suffix or 'none'}); give .safetensors")
-    if suffix in PICKLES and not allow_pickle:
-        refuse_pickle(path)
-    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-    if recorded_sha256 not in (None, sha256):
-        raise UsageError(
-            f"--embedding {path} is not the file this was made with (sha256 {recorded_sha256[:12]}... recorded, "
-            f"{sha256[:12]}... now); give that file"
-        )
-    data = read_checkpoint(path) if suffix in SAFETENSORS else load_pickle(path)
+    sha256 = check_adapter_file(path, "--embedding", "an embedding file", allow_pickle, recorded_sha256)
+    data = read_checkpoint(path) if path.suffix.lower() in SAFETENSORS else load_pickle(path)
     return Embedding(path, sha256, _vectors(data, path))
 
 

@@ -17,7 +17,6 @@ named adapters, and `set_adapters` / `set_adapters_for_text_encoder` set their w
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,11 +29,10 @@ from diffusers.loaders.lora_base import set_adapters_for_text_encoder
 from diffusers.utils.state_dict_utils import _load_sft_state_dict_metadata
 
 from sdcli.errors import UsageError, reason
-from sdcli.loading.checkpoints import read_checkpoint
-from sdcli.loading.references import PICKLES, SAFETENSORS, refuse_pickle
+from sdcli.loading.checkpoints import check_adapter_file, read_checkpoint
+from sdcli.loading.references import SAFETENSORS
 from sdcli.recipe import lora_name, parse_lora
 
-SUFFIXES = SAFETENSORS + PICKLES
 FORMATS = "kohya's lora_unet_/lora_te_ keys or diffusers' unet./text_encoder. lora_A/lora_B keys"
 
 
@@ -65,22 +63,12 @@ def read_lora(text: str, allow_pickle: bool, recorded_sha256: str | None = None)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise UsageError(f"--lora {path} {what}; give a LoRA file (.safetensors), optionally :WEIGHT after it")
-    suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
-        raise UsageError(f"--lora {path} is not a LoRA file (suffix {suffix or 'none'}); give .safetensors")
-    if suffix in PICKLES and not allow_pickle:
-        refuse_pickle(path)
-    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
-    if recorded_sha256 not in (None, sha256):
-        raise UsageError(
-            f"--lora {path} is not the file this was made with (sha256 {recorded_sha256[:12]}... recorded, "
-            f"{sha256[:12]}... now); give that file"
-        )
+    sha256 = check_adapter_file(path, "--lora", "a LoRA file", allow_pickle, recorded_sha256)
     tensors = read_checkpoint(path.resolve(), allow_pickle)
     if not all("lora" in key or key.endswith(".alpha") for key in tensors):
         keys = ", ".join(sorted(tensors)[:3])
         raise UsageError(f"--lora {path} holds {keys}..., not a LoRA ({FORMATS}); give a LoRA file")
-    metadata = _load_sft_state_dict_metadata(str(path)) if suffix in SAFETENSORS else None
+    metadata = _load_sft_state_dict_metadata(str(path)) if path.suffix.lower() in SAFETENSORS else None
     return Lora(path.resolve(), sha256, weight, tensors, metadata)
 
 
