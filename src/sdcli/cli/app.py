@@ -495,10 +495,16 @@ def info(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Read .ckpt/.pt/.bin files.")] = False,
 ) -> None:
-    """Print what a model is: family, prediction type, native size, dtype, parameters per component."""
+    """Print what a model is: family, prediction type, native size, dtype, parameters per component; or what a LoRA,
+    embedding or ControlNet is and which family it fits."""
+    from sdcli.loading.adapter_info import adapter_info, format_adapter
     from sdcli.loading.info import format_info, model_info
     from sdcli.loading.references import resolve_model
 
+    adapter = adapter_info(model)
+    if adapter is not None:
+        print(json.dumps(adapter.as_dict()) if as_json else format_adapter(adapter))
+        return
     found = model_info(resolve_model(model, allow_pickle))
     print(json.dumps(found.as_dict()) if as_json else format_info(found))
 
