@@ -255,6 +255,11 @@ def hires_fix(
     return denoise(predict, schedule, schedule.start_from(x_0, noise), generators, on_step)
 
 
+def _picture_sha256(path: str | None, option: str) -> str | None:
+    """The sha256 of an image input the recipe names (read once per file version), or None."""
+    return None if path is None else read_picture(Path(path), option).sha256
+
+
 def _record(model: Model, recipe: Recipe, width: int, height: int) -> ImageRecord:
     """The settings that remake one image alone: its recipe resolved, and where it ran."""
     resolved = {
@@ -269,11 +274,9 @@ def _record(model: Model, recipe: Recipe, width: int, height: int) -> ImageRecor
         "classifier_scale": recipe.resolved_classifier_scale,
         "pag_layers": recipe.resolved_pag_layers,
         "strength": recipe.resolved_strength,
-        "init_image_sha256": None if recipe.init_image is None else read_picture(Path(recipe.init_image)).sha256,
-        "mask_sha256": None if recipe.mask is None else read_picture(Path(recipe.mask), MASK_OPTION).sha256,
-        "control_image_sha256": None
-        if recipe.control_image is None
-        else read_picture(Path(recipe.control_image), CONTROL_IMAGE_OPTION).sha256,
+        "init_image_sha256": _picture_sha256(recipe.init_image, "--init-image"),
+        "mask_sha256": _picture_sha256(recipe.mask, MASK_OPTION),
+        "control_image_sha256": _picture_sha256(recipe.control_image, CONTROL_IMAGE_OPTION),
     }
     if recipe.hires is not None:
         resolved |= {

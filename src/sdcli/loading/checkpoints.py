@@ -68,10 +68,19 @@ def check_adapter_file(path: Path, option: str, kind: str, allow_pickle: bool, r
         raise UsageError(f"{option} {path} is not {kind} (suffix {suffix or 'none'}); give .safetensors")
     if suffix in PICKLES and not allow_pickle:
         refuse_pickle(path)
-    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    sha256 = sha256_of(path)
+    check_sha256(path, option, recorded_sha256, sha256)
+    return sha256
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_sha256(path: Path, option: str, recorded_sha256: str | None, sha256: str) -> None:
+    """A usage error where a replay recorded another sha256 for the file at `path` than it has now."""
     if recorded_sha256 not in (None, sha256):
         raise UsageError(
             f"{option} {path} is not the file this was made with (sha256 {recorded_sha256[:12]}... recorded, "
-            f"{sha256[:12]}... now); give that file"
+            f"{sha256[:12]}... now); give that file with {option}"
         )
-    return sha256

@@ -14,7 +14,6 @@ timestep of the schedule truncated by the strength S, and denoised from there, a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import warnings
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from diffusers.image_processor import VaeImageProcessor
 from PIL import Image, UnidentifiedImageError
 
 from sdcli.errors import UsageError, reason
+from sdcli.loading.checkpoints import check_sha256, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ class Picture:
     path: Path
     image: Image.Image  # RGB
     sha256: str
-
-
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def read_picture(path: Path, option: str = "--init-image") -> Picture:
@@ -101,12 +97,7 @@ def check_runs_a_step(steps: int, strength: float, strength_flag: str, steps_fla
 
 def check_recorded(path: Path, recorded_sha256: str | None, option: str) -> None:
     """The image at `path` is readable and, where a replay recorded its sha256, the same file."""
-    picture = read_picture(path, option)
-    if recorded_sha256 not in (None, picture.sha256):
-        raise UsageError(
-            f"{option} {path} is not the image this was made from (sha256 {recorded_sha256[:12]}... recorded, "
-            f"{picture.sha256[:12]}... now); give that image with {option}"
-        )
+    check_sha256(path, option, recorded_sha256, read_picture(path, option).sha256)
 
 
 def vae_pixels(vae: AutoencoderKL, image: Image.Image, height: int, width: int) -> torch.Tensor:
