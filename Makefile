@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[test,ray]"
 	touch $@
 
 test: install
@@ -39,6 +39,7 @@ bench: install
 	# none, and where PYTHONDONTWRITEBYTECODE is set every start would compile the sources again)
 	$(BIN)/python -m compileall -q src
 	$(BIN)/python benchmarks/bench_startup.py
+	$(BIN)/python benchmarks/bench_ray.py  # batch --executor ray against local: throughput, driver cost
 
 bench-cpu: install  # sdcli's defaults against diffusers' fp32 pipeline, SD 1.5 architecture, random weights
 	$(BIN)/python benchmarks/bench_cpu.py

@@ -21,14 +21,14 @@ from diffusers import (
 from PIL import Image
 from test_bad_input import refused
 from test_oracle import PROMPT, SEED, TOLERANCE, max_difference
-from tiny_sd import make_request
+from tiny_sd import build_tiny_sd, make_request
 from typer.testing import CliRunner
 
 from sdcli.cli import app
 from sdcli.engine import load_for, make_images
 from sdcli.loading.components import Model
 from sdcli.modes.controlnet import keeps
-from sdcli.output.metadata import settings_from_png
+from sdcli.output.metadata import parse_infotext, settings_from_png
 from sdcli.sampling.samplers import get_sampler
 
 STEPS = 4
@@ -69,8 +69,8 @@ def control_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def controlled(tiny_model: Path, tiny_controlnet: Path, control_image: Path) -> Model:
     """The tiny model loaded with the ControlNet, as a run loads it."""
-    return load_for(make_request(PROMPT, model=str(tiny_model), control_net=str(tiny_controlnet),
-                                 control_image=str(control_image)))  # fmt: skip
+    return load_for(make_request(PROMPT, model=str(tiny_model), control_nets=(str(tiny_controlnet),),
+                                 control_images=(str(control_image),)))  # fmt: skip
 
 
 def oracle_image(pipe, sampler: str, control_image: Path, **call) -> np.ndarray:
@@ -98,8 +98,12 @@ def pipe(tiny_model: Path, tiny_controlnet: Path):
 
 
 def ours(model: Model, net: Path, control_image: Path, sampler: str = "euler", **settings) -> np.ndarray:
+    """One image with the ControlNet `net`; control_scale, control_start and control_end as one-item groups."""
+    for name in ("control_scale", "control_start", "control_end"):
+        if name in settings:
+            settings[name + "s"] = (settings.pop(name),)
     request = make_request(PROMPT, seed=SEED, steps=STEPS, sampler=sampler, width=SIZE[0], height=SIZE[1],
-                           control_net=str(net), control_image=str(control_image), **settings)  # fmt: skip
+                           control_nets=(str(net),), control_images=(str(control_image),), **settings)  # fmt: skip
     (made,) = make_images(model, request)
     return np.asarray(made.image)
 
@@ -166,7 +170,7 @@ def test_pag_with_controlnet_matches_diffusers(tiny_model: Path, tiny_controlnet
 
 def test_a_batch_gives_each_image_as_alone(controlled: Model, tiny_controlnet: Path, control_image: Path):
     settings = {"seed": SEED, "steps": STEPS, "sampler": "euler-a", "width": SIZE[0], "height": SIZE[1],
-                "control_net": str(tiny_controlnet), "control_image": str(control_image)}  # fmt: skip
+                "control_nets": (str(tiny_controlnet),), "control_images": (str(control_image),)}  # fmt: skip
     together = make_images(controlled, make_request(PROMPT, num_images=2, batch_size=2, **settings))
     for i, made in enumerate(together):
         (alone,) = make_images(controlled, make_request(PROMPT, **{**settings, "seed": SEED + i}))
@@ -193,9 +197,9 @@ def test_the_command_line_records_the_controlnet_and_replays_it(
                  "--seed", "3", "--width", "24", "--height", "16", "-o", str(out), "--json")  # fmt: skip
     assert result.exit_code == 0, result.stderr
     row = json.loads(result.stdout)
-    assert row["control_net"] == str(tiny_controlnet.resolve()) and row["control_image"] == str(copy.resolve())
-    assert len(row["control_image_sha256"]) == 64
-    assert (row["control_scale"], row["control_start"], row["control_end"]) == (0.8, 0.0, 0.75)
+    assert row["control_nets"] == [str(tiny_controlnet.resolve())] and row["control_images"] == [str(copy.resolve())]
+    assert len(row["control_images_sha256"][0]) == 64 and row["control_nets_sha256"] == [""]  # a folder: no hash
+    assert (row["control_scales"], row["control_starts"], row["control_ends"]) == ([0.8], [0.0], [0.75])
     with Image.open(out) as image:
         assert (
             'ControlNet 0: "Module: none, Model: tiny-controlnet, Weight: 0.8, Resize Mode: Just Resize, '
@@ -216,7 +220,7 @@ def test_without_a_controlnet_no_controlnet_is_written(tiny_model: Path, tmp_pat
     assert result.exit_code == 0, result.stderr
     with Image.open(out) as image:
         assert "ControlNet" not in image.text["parameters"]
-    assert settings_from_png(out)["control_net"] is None
+    assert settings_from_png(out)["control_nets"] == []
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +239,7 @@ def other_family_controlnet(tiny_model: Path, tmp_path_factory: pytest.TempPathF
         ("missing image", 2, ["--control-image", "does not exist"]),
         ("empty folder", 2, ["--control-net", "config.json"]),
         ("a U-Net", 2, ["--control-net", "UNet2DConditionModel", "not a ControlNet"]),
-        ("a file", 2, ["--control-net", "is a file"]),
+        ("a file", 2, ["--control-net", "not a ControlNet file", ".safetensors"]),
         ("no weights", 1, ["could not load the ControlNet"]),
         ("other family", 2, ["another model family", "cross-attention width"]),
         ("scale alone", 2, ["--control-scale", "--control-net"]),
@@ -308,11 +312,297 @@ def test_inpainting_with_controlnet_matches_diffusers(
                     generator=torch.Generator("cpu").manual_seed(SEED)).images[0]  # fmt: skip
     settings = {
         "model": str(tiny_inpaint_model),
-        "control_net": str(tiny_controlnet),
-        "control_image": str(control_image),
+        "control_nets": (str(tiny_controlnet),),
+        "control_images": (str(control_image),),
     }
     model = load_for(make_request(PROMPT, **settings))
     request = make_request(PROMPT, seed=SEED, steps=STEPS, sampler="pndm", init_image=str(init), mask=str(mask),
-                           strength=0.75, mask_blur=0, mask_overlay=False, control_scale=0.5, **settings)  # fmt: skip
+                           strength=0.75, mask_blur=0, mask_overlay=False, control_scales=(0.5,),
+                           **settings)  # fmt: skip
     (made,) = make_images(model, request)
     assert max_difference(np.asarray(made.image), np.asarray(want)) <= TOLERANCE
+
+
+# Several ControlNets: diffusers' MultiControlNetModel, its lists of images, scales, starts and ends.
+
+
+@pytest.fixture(scope="module")
+def second_controlnet(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet")
+    return build_controlnet(unet, tmp_path_factory.mktemp("controlnet") / "second-controlnet", seed=1)
+
+
+@pytest.fixture(scope="module")
+def second_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 20x20 blob picture, unlike the edges: each ControlNet gets its own."""
+    pixels = np.zeros((20, 20, 3), dtype=np.uint8)
+    pixels[5:15, 5:15] = (40, 220, 90)
+    path = tmp_path_factory.mktemp("control") / "blob.png"
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_nets(tiny_model: Path, tiny_controlnet: Path, second_controlnet: Path, control_image: Path, second_image: Path):
+    nets = (str(tiny_controlnet), str(second_controlnet))
+    images = (str(control_image), str(second_image))
+    return nets, images, load_for(make_request(PROMPT, model=str(tiny_model), control_nets=nets, control_images=images))
+
+
+TWO_CASES = [  # (sampler, cfg, scales, starts, ends)
+    ("euler", 7.5, (1.0, 0.6), (0.0, 0.0), (1.0, 1.0)),
+    ("euler-a", 5.0, (0.8, 1.2), (0.0, 0.5), (0.5, 1.0)),  # one net over the first half, the other the second
+    ("dpm++2m", 1.0, (1.5, 0.5), (0.25, 0.0), (1.0, 0.75)),  # no CFG
+]
+
+
+@pytest.mark.parametrize(("sampler", "cfg", "scales", "starts", "ends"), TWO_CASES)
+def test_two_controlnets_match_diffusers_multicontrolnet(
+    tiny_model: Path, second_image: Path, control_image: Path, two_nets, sampler, cfg, scales, starts, ends
+):
+    nets, images, model = two_nets
+    controlnets = [ControlNetModel.from_pretrained(net) for net in nets]
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(tiny_model, controlnet=controlnets, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe.controlnet).__name__ == "MultiControlNetModel"
+    entry = get_sampler(sampler)
+    pipe.scheduler = getattr(diffusers, entry.scheduler).from_config(pipe.scheduler.config, **entry.settings)
+    with Image.open(control_image) as first, Image.open(second_image) as second:
+        want = pipe(PROMPT, image=[first.convert("RGB"), second.convert("RGB")], width=SIZE[0], height=SIZE[1],
+                    num_inference_steps=STEPS, guidance_scale=cfg, controlnet_conditioning_scale=list(scales),
+                    control_guidance_start=list(starts), control_guidance_end=list(ends),
+                    generator=torch.Generator("cpu").manual_seed(SEED)).images[0]  # fmt: skip
+    request = make_request(PROMPT, seed=SEED, steps=STEPS, sampler=sampler, width=SIZE[0], height=SIZE[1], cfg=cfg,
+                           control_nets=nets, control_images=images, control_scales=scales, control_starts=starts,
+                           control_ends=ends)  # fmt: skip
+    (made,) = make_images(model, request)
+    want = np.asarray(want)
+    assert want.std() > 5 and max_difference(np.asarray(made.image), want) <= TOLERANCE
+
+
+def test_each_controlnet_counts_and_a_zero_scale_drops_one(
+    controlled: Model, two_nets, tiny_controlnet: Path, control_image: Path
+):
+    nets, images, model = two_nets
+    settings = {"seed": SEED, "steps": STEPS, "sampler": "euler", "width": SIZE[0], "height": SIZE[1]}
+    (both,) = make_images(model, make_request(PROMPT, control_nets=nets, control_images=images, **settings))
+    (first_only,) = make_images(
+        model, make_request(PROMPT, control_nets=nets, control_images=images, control_scales=(1.0, 0.0), **settings)
+    )
+    alone = ours(controlled, tiny_controlnet, control_image)
+    assert max_difference(np.asarray(both.image), alone) > 5
+    assert np.array_equal(np.asarray(first_only.image), alone)
+
+
+def test_one_scale_start_end_stands_for_all(two_nets):
+    nets, images, model = two_nets
+    settings = {"seed": SEED, "steps": STEPS, "sampler": "euler", "width": SIZE[0], "height": SIZE[1],
+                "control_nets": nets, "control_images": images}  # fmt: skip
+    (once,) = make_images(model, make_request(PROMPT, control_scales=(0.7,), control_ends=(0.5,), **settings))
+    (each,) = make_images(model, make_request(PROMPT, control_scales=(0.7, 0.7), control_ends=(0.5, 0.5), **settings))
+    assert np.array_equal(np.asarray(once.image), np.asarray(each.image))
+    assert once.record.control_scales == (0.7, 0.7) and once.record.control_starts == (0.0, 0.0)
+
+
+def test_two_controlnets_on_the_command_line_are_recorded_and_replayed(
+    tiny_model: Path, tiny_controlnet: Path, second_controlnet: Path, control_image: Path, second_image: Path,
+    tmp_path: Path,
+):  # fmt: skip
+    out, again = tmp_path / "out.png", tmp_path / "again.png"
+    result = run("generate", PROMPT, "-m", str(tiny_model),
+                 "--control-net", str(tiny_controlnet), "--control-image", str(control_image),
+                 "--control-scale", "0.8",
+                 "--control-net", str(second_controlnet), "--control-image", str(second_image),
+                 "--control-scale", "0.5",
+                 "--control-start", "0.25", "--steps", "4", "--seed", "3", "--width", "24", "--height", "16",
+                 "-o", str(out), "--json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert row["control_nets"] == [str(tiny_controlnet.resolve()), str(second_controlnet.resolve())]
+    assert row["control_images"] == [str(control_image.resolve()), str(second_image.resolve())]
+    assert [len(sha) for sha in row["control_images_sha256"]] == [64, 64]
+    assert (row["control_scales"], row["control_starts"], row["control_ends"]) == ([0.8, 0.5], [0.25, 0.25], [1, 1])
+    with Image.open(out) as image:
+        text = image.text["parameters"]
+    assert (
+        'ControlNet 0: "Module: none, Model: tiny-controlnet, Weight: 0.8, Resize Mode: Just Resize, '
+        'Guidance Start: 0.25, Guidance End: 1, Control Mode: Balanced", '
+        'ControlNet 1: "Module: none, Model: second-controlnet, Weight: 0.5, Resize Mode: Just Resize, '
+        'Guidance Start: 0.25, Guidance End: 1, Control Mode: Balanced"'
+    ) in text
+    params = parse_infotext(text)
+    for i, (name, weight) in enumerate((("tiny-controlnet", 0.8), ("second-controlnet", 0.5))):
+        # as the extension's parse_unit reads a unit: items split at "," and ": "
+        unit = dict(item.strip().split(": ") for item in params[f"ControlNet {i}"].split(","))
+        assert (unit["Model"], float(unit["Weight"]), float(unit["Guidance Start"])) == (name, weight, 0.25)
+    replay = run("generate", "--from", str(out), "-o", str(again))
+    assert replay.exit_code == 0, replay.stderr
+    assert again.read_bytes() == out.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("more", "words"),
+    [
+        ("--control-image B", ["2 --control-net but 1 --control-image", "once per --control-net"]),
+        ("--control-image A --control-image B --control-scale 1 --control-scale 1 --control-scale 1",
+         ["2 --control-net but 3 --control-scale", "once for all of them"]),
+        ("--control-image A --control-image B --control-end 0.5 --control-end 0.1 --control-start 0.2",
+         ["--control-start 0.2 must be below --control-end 0.1", "of --control-net 2"]),
+        ("--control-image A --control-image text", ["--control-image", "not a readable image"]),
+    ],
+)  # fmt: skip
+def test_bad_groups_of_controlnets(tiny_model: Path, tiny_controlnet: Path, second_controlnet: Path,
+                                   control_image: Path, tmp_path: Path, more: str, words: list[str]):  # fmt: skip
+    (tmp_path / "text.png").write_text("not a picture")
+    names = {"A": str(control_image), "B": str(control_image), "text": str(tmp_path / "text.png")}
+    more = [names.get(arg, arg) for arg in more.split()]
+    out = tmp_path / "out"
+    nets = ["--control-net", str(tiny_controlnet), "--control-net", str(second_controlnet)]
+    refused(run("generate", "x", "-m", str(tiny_model), *nets, *more, "--steps", "2", "--out-dir", str(out)),
+            2, *words)  # fmt: skip
+    assert not out.exists()
+
+
+# Single files: the original ControlNet layout as people share it (control_v11p_sd15_canny.safetensors).
+
+_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0",
+           "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}  # fmt: skip
+
+
+def original_layout(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """A diffusers ControlNet's tensors under the original (ldm) names: the inverse of diffusers'
+    `convert_controlnet_checkpoint`, which the test that uses it checks."""
+    per_block, blocks = config.layers_per_block, len(config.block_out_channels)
+    prefixes = {"time_embedding.linear_1.": "time_embed.0.", "time_embedding.linear_2.": "time_embed.2.",
+                "conv_in.": "input_blocks.0.0.", "controlnet_mid_block.": "middle_block_out.0.",
+                "controlnet_cond_embedding.conv_in.": "input_hint_block.0.",
+                "controlnet_cond_embedding.conv_out.": "input_hint_block.14.",
+                "mid_block.resnets.0.": "middle_block.0.", "mid_block.attentions.0.": "middle_block.1.",
+                "mid_block.resnets.1.": "middle_block.2."}  # fmt: skip
+    for b in range(blocks):
+        for j in range(per_block):
+            i = 1 + b * (per_block + 1) + j
+            prefixes[f"down_blocks.{b}.resnets.{j}."] = f"input_blocks.{i}.0."
+            prefixes[f"down_blocks.{b}.attentions.{j}."] = f"input_blocks.{i}.1."
+        prefixes[f"down_blocks.{b}.downsamplers.0.conv."] = f"input_blocks.{1 + b * (per_block + 1) + per_block}.0.op."
+    for k in range(len(config.conditioning_embedding_out_channels) * 2):
+        prefixes[f"controlnet_cond_embedding.blocks.{k}."] = f"input_hint_block.{2 * k + 2}."
+    for k in range(blocks * (per_block + 1)):
+        prefixes[f"controlnet_down_blocks.{k}."] = f"zero_convs.{k}.0."
+    out = {}
+    for key, tensor in state.items():
+        prefix = max((p for p in prefixes if key.startswith(p)), key=len)
+        rest = key[len(prefix) :]
+        if ".resnets." in prefix or prefix.startswith("mid_block.resnets"):
+            name, _, tail = rest.partition(".")
+            rest = f"{_RESNET[name]}.{tail}"
+        out[prefixes[prefix] + rest] = tensor
+    return out
+
+
+@pytest.fixture(scope="module")
+def scale8_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model whose VAE has SD's latent scale 8, which the original hint encoder's three downsamplings fit."""
+    return build_tiny_sd(tmp_path_factory.mktemp("models") / "tiny-scale8", vae_channels=(32, 32, 32, 32),
+                         sample_size=4, seed=3)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def scale8_controlnet(scale8_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ControlNet with SD's hint encoder (16, 32, 96, 256), random zero convolutions, as a diffusers folder."""
+    unet = UNet2DConditionModel.from_pretrained(scale8_model, subfolder="unet")
+    torch.manual_seed(4)
+    controlnet = ControlNetModel.from_unet(unet)
+    with torch.no_grad():
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                     controlnet.controlnet_cond_embedding.conv_out]:  # fmt: skip
+            conv.weight.normal_(0, 0.3)
+            conv.bias.normal_(0, 0.3)
+    folder = tmp_path_factory.mktemp("controlnet") / "tiny-canny"
+    controlnet.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize(("prefix", "suffix"), [("", ".safetensors"), ("control_model.", ".safetensors"),
+                                               ("control_model.", ".pth")])  # fmt: skip
+def test_a_single_file_controlnet_is_its_folder(
+    scale8_model: Path, scale8_controlnet: Path, control_image: Path, tmp_path: Path, prefix: str, suffix: str
+):
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+    from safetensors.torch import save_file
+
+    controlnet = ControlNetModel.from_pretrained(scale8_controlnet)
+    state = controlnet.state_dict()
+    original = original_layout(state, controlnet.config)
+    assert any(k.startswith("zero_convs.") for k in original) and "input_hint_block.14.weight" in original
+    back = convert_controlnet_checkpoint(original, dict(controlnet.config))  # the helper is diffusers' inverse
+    assert sorted(back) == sorted(state) and all(torch.equal(back[k], state[k]) for k in state)
+    file = tmp_path / f"control_tiny_canny{suffix}"
+    tensors = {prefix + k: v.contiguous() for k, v in original.items()}
+    if suffix == ".safetensors":
+        save_file(tensors, file)
+    else:
+        torch.save(tensors, file)
+
+    settings = {"model": str(scale8_model), "seed": SEED, "steps": STEPS, "sampler": "euler", "width": 32,
+                "height": 32, "control_images": (str(control_image),)}  # fmt: skip
+    images = []
+    for net in (scale8_controlnet, file):
+        request = make_request(PROMPT, control_nets=(str(net),), allow_pickle=suffix == ".pth", **settings)
+        model = load_for(request)
+        loaded = model.controlnets[0].network.state_dict()
+        assert all(torch.equal(loaded[k], state[k]) for k in state)
+        (made,) = make_images(model, request)
+        images.append(np.asarray(made.image))
+    assert np.array_equal(*images) and images[0].std() > 5
+    assert len(made.record.control_nets_sha256[0]) == 64  # a file's sha256 is recorded
+
+
+def test_a_single_file_controlnet_for_another_family_or_not_a_controlnet_is_refused(
+    scale8_model: Path, control_image: Path, tmp_path: Path
+):
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"input_hint_block.0.weight": torch.zeros(16, 3, 3, 3),
+               "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(32, 768)}, other)  # fmt: skip
+    lora = tmp_path / "lora.safetensors"
+    save_file({"lora_unet_x.lora_down.weight": torch.zeros(4, 32)}, lora)
+    pickle = tmp_path / "control.pth"
+    torch.save({"input_hint_block.0.weight": torch.zeros(1)}, pickle)
+    for net, code, words in ((other, 2, ["another model family", "768"]), (lora, 2, ["not a ControlNet"]),
+                             (pickle, 2, ["pickle", "--allow-pickle"])):  # fmt: skip
+        out = tmp_path / "out"
+        refused(run("generate", "x", "-m", str(scale8_model), "--control-net", str(net), "--control-image",
+                    str(control_image), "--steps", "2", "--out-dir", str(out)), code, *words)  # fmt: skip
+        assert not out.exists()
+
+
+def test_a_batch_file_sets_each_line_s_control_images_and_scales(
+    tiny_model: Path, tiny_controlnet: Path, second_controlnet: Path, control_image: Path, second_image: Path,
+    tmp_path: Path,
+):  # fmt: skip
+    """The ControlNets load once per batch (the command line's); each line gives its own images (relative to the
+    batch file's folder) and scales; a rerun keeps what it made."""
+    (tmp_path / "edges.png").write_bytes(control_image.read_bytes())
+    (tmp_path / "blob.png").write_bytes(second_image.read_bytes())
+    lines = [
+        {"prompt": PROMPT, "control_images": ["edges.png", "blob.png"]},
+        {"prompt": PROMPT, "control_images": ["blob.png", "edges.png"], "control_scales": [0.5, 1.5]},
+    ]
+    prompts = tmp_path / "lines.jsonl"
+    prompts.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    nets = ["--control-net", str(tiny_controlnet), "--control-net", str(second_controlnet)]
+    args = ["batch", str(prompts), "-m", str(tiny_model), *nets, "--steps", "2", "--width", "24", "--height", "16",
+            "--out-dir", str(out)]  # fmt: skip
+    result = run(*args, "--json")
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["control_images"] for row in rows] == [
+        [str(tmp_path / "edges.png"), str(tmp_path / "blob.png")],
+        [str(tmp_path / "blob.png"), str(tmp_path / "edges.png")],
+    ]
+    assert [row["control_scales"] for row in rows] == [[1.0, 1.0], [0.5, 1.5]]
+    again = run(*args)
+    assert again.exit_code == 0, again.stderr

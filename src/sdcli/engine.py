@@ -15,6 +15,7 @@ or blended in after each step) and its overlay to step 6 (`sdcli.modes.inpaint`)
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -33,10 +34,11 @@ from sdcli.guidance.context import GuidanceContext
 from sdcli.guidance.pag import check_pag_layers
 from sdcli.guidance.registry import guided_predictor
 from sdcli.loading.components import Model, load_model
-from sdcli.loading.controlnet import check_controlnet_folder, load_controlnet
+from sdcli.loading.controlnet import check_controlnets, load_controlnets
 from sdcli.loading.devices import DTYPE_NAMES, memory_of, resolve_device, resolve_dtype
 from sdcli.loading.embeddings import embedding_files, read_embeddings
 from sdcli.loading.geometry import check_size
+from sdcli.loading.lora_names import chosen_loras, union
 from sdcli.loading.loras import read_loras, set_lora_weights
 from sdcli.loading.references import resolve_model, resolve_vae
 from sdcli.modes.controlnet import IMAGE_OPTION as CONTROL_IMAGE_OPTION
@@ -53,10 +55,11 @@ from sdcli.modes.img2img import (
 )
 from sdcli.modes.inpaint import MASK_OPTION, Inpainting, check_mask, prepare_inpainting
 from sdcli.output.images import check_decode_fits, decode, to_pil
-from sdcli.recipe import MAX_SIDE, Hires, ImageRecord, Recipe, Request, parse_lora
+from sdcli.recipe import MAX_SIDE, Hires, ImageRecord, Recipe, Request
 from sdcli.sampling.loop import Schedule, StepCallback, build_scheduler, denoise, initial_noise, unet_denoiser
 from sdcli.sampling.samplers import get_sampler
 from sdcli.text.conditioning import Branches, Conditioning
+from sdcli.text.lora_tags import read_tags
 from sdcli.text.prompts import encode_prompts
 
 log = logging.getLogger(__name__)
@@ -89,10 +92,11 @@ def chunked(items: Sequence[T], size: int) -> Iterator[list[T]]:
 # 1. Check.
 
 
-def batch_key(recipe: Recipe) -> tuple[Recipe, int]:
-    """What images must share to be made in one U-Net batch: every setting but the prompts and the seed, and the
-    number of separate negative branches that run (empty negatives and a zero scale run none)."""
-    return recipe.shared, len(recipe.separate_negatives)
+def batch_key(recipe: Recipe) -> tuple[Recipe, int, tuple[tuple[str, float], ...]]:
+    """What images must share to be made in one U-Net batch: every setting but the prompts and the seed, the
+    number of separate negative branches that run (empty negatives and a zero scale run none), and the prompt's
+    LoRA tags (the weights the batch sets)."""
+    return recipe.shared, len(recipe.separate_negatives), read_tags(recipe.prompt).loras
 
 
 def size_of(model: Model, recipe: Recipe) -> tuple[int, int]:
@@ -117,7 +121,9 @@ def size_of(model: Model, recipe: Recipe) -> tuple[int, int]:
 
 
 def check_inputs(recipe: Recipe) -> None:
-    """The recipe's image inputs (readable, the files a replay recorded) and its passes (each runs a step)."""
+    """The recipe's image inputs (readable, the files a replay recorded), its passes (each runs a step) and the
+    LoRAs it names (found)."""
+    chosen_loras(recipe)
     if recipe.init_image is not None:
         check_recorded(Path(recipe.init_image), recipe.init_image_sha256, "--init-image")
         check_runs_a_step(recipe.steps, recipe.resolved_strength, "--strength", "--steps")
@@ -147,21 +153,35 @@ def load_for(request: Request) -> Model:
     recipe, run = request.recipe, request.run
     folder = resolve_model(recipe.model, run.allow_pickle)
     vae = resolve_vae(recipe.vae, run.allow_pickle) if recipe.vae else None
-    if recipe.control_net is not None:
-        check_controlnet_folder(recipe.control_net)  # before the slow part
+    controlnets_sha256 = check_controlnets(recipe.control_nets, run.allow_pickle, recipe.control_nets_sha256)
     files = embedding_files(recipe.embeddings, recipe.embedding_dir)
     embeddings = read_embeddings(files, run.allow_pickle, recipe.embeddings_sha256)
-    loras = read_loras(recipe.loras, run.allow_pickle, recipe.loras_sha256)
+    loras = read_loras(union([recipe]), run.allow_pickle)
     log.info("loading model %s on %s (%s)", folder.reference, device, DTYPE_NAMES[dtype])
     model = load_model(folder, device, dtype, run, vae, recipe.prediction_type, embeddings, loras)
-    if recipe.control_net is not None:
-        model.controlnet = load_controlnet(recipe.control_net, model.unet, device, dtype)
+    model.controlnets = load_controlnets(
+        recipe.control_nets, controlnets_sha256, model.unet, device, dtype, run.allow_pickle
+    )
     return model
 
 
-def lora_weights(recipe: Recipe) -> list[float]:
-    """The weight of each `--lora` of the recipe, in order."""
-    return [parse_lora(text)[1] for text in recipe.loras]
+def loading_all(requests: Sequence[Request]) -> Request:
+    """The first request, asking `load_for` to load every LoRA file the requests ask for (their union, each once),
+    so that one model makes them all, each batch at its own weights (a batch file's lines)."""
+    files = union([request.recipe for request in requests])
+    # a replay's recorded sha256s pair with the first files: those up to the first file without one
+    recorded = tuple(itertools.takewhile(lambda sha256: sha256 is not None, (chosen.sha256 for chosen in files)))
+    return requests[0].with_recipe(loras=tuple(str(chosen.path) for chosen in files), loras_sha256=recorded)
+
+
+def lora_weights(model: Model, recipe: Recipe) -> list[float]:
+    """The weight of each LoRA loaded with the model for the recipe's images: the recipe's, 0 for those it does not
+    name (bit for bit the image without them)."""
+    chosen = {c.path: c.weight for c in chosen_loras(recipe)}
+    missing = set(chosen) - {lora.path for lora in model.loras}
+    if missing:
+        raise ValueError(f"the model was loaded without {sorted(missing)[0]}: load_for takes every recipe's LoRAs")
+    return [chosen.get(lora.path, 0.0) for lora in model.loras]
 
 
 # 3. Encode.
@@ -185,7 +205,7 @@ def encode(model: Model, recipe: Recipe, height: int, width: int) -> Branches:
     replace_mode = recipe.neg_mode == "replace"
     if recipe.negative_prompt and replace_mode and not with_uncond:
         log.warning("at --cfg 1 only the conditional branch runs: the negative prompt has no effect")
-    texts = [recipe.prompt]
+    texts = [read_tags(recipe.prompt).text]  # AUTOMATIC1111's <lora:...> tags set weights, and are not encoded
     labels = ["prompt"]
     if with_uncond:
         texts.append(recipe.negative_prompt if replace_mode else "")
@@ -262,6 +282,7 @@ def _picture_sha256(path: str | None, option: str) -> str | None:
 
 def _record(model: Model, recipe: Recipe, width: int, height: int) -> ImageRecord:
     """The settings that remake one image alone: its recipe resolved, and where it ran."""
+    loras, sha256 = chosen_loras(recipe), {lora.path: lora.sha256 for lora in model.loras}
     resolved = {
         "width": width,
         "height": height,
@@ -269,14 +290,19 @@ def _record(model: Model, recipe: Recipe, width: int, height: int) -> ImageRecor
         "embeddings": tuple(str(embedding.path) for embedding in model.embeddings),  # the folder's files too
         "embeddings_sha256": tuple(embedding.sha256 for embedding in model.embeddings),
         "embedding_dir": None,
-        "loras": tuple(f"{lora.path}:{w!r}" for lora, w in zip(model.loras, lora_weights(recipe), strict=True)),
-        "loras_sha256": tuple(lora.sha256 for lora in model.loras),
+        "loras": tuple(f"{chosen.path}:{chosen.weight!r}" for chosen in loras),  # its prompt tags' files too
+        "loras_sha256": tuple(sha256[chosen.path] for chosen in loras),
+        "lora_dir": None,
         "classifier_scale": recipe.resolved_classifier_scale,
         "pag_layers": recipe.resolved_pag_layers,
         "strength": recipe.resolved_strength,
         "init_image_sha256": _picture_sha256(recipe.init_image, "--init-image"),
         "mask_sha256": _picture_sha256(recipe.mask, MASK_OPTION),
-        "control_image_sha256": _picture_sha256(recipe.control_image, CONTROL_IMAGE_OPTION),
+        "control_nets_sha256": tuple(controlnet.sha256 for controlnet in model.controlnets),
+        "control_images_sha256": tuple(_picture_sha256(i, CONTROL_IMAGE_OPTION) for i in recipe.control_images),
+        "control_scales": tuple(unit.scale for unit in recipe.controls),  # one each, as they ran
+        "control_starts": tuple(unit.start for unit in recipe.controls),
+        "control_ends": tuple(unit.end for unit in recipe.controls),
     }
     if recipe.hires is not None:
         resolved |= {
@@ -302,7 +328,7 @@ def make_batched(
     settings = recipes[0]
     control = prepare_control(model, settings, width, height)
     # 2b. The LoRAs loaded with the model, at this batch's weights.
-    set_lora_weights(model, model.loras, lora_weights(settings))
+    set_lora_weights(model, model.loras, lora_weights(model, settings))
     scheduler = build_scheduler(get_sampler(settings.sampler), model.scheduler_config, settings.schedule)
     # 3. Encode each distinct set of prompts once.
     distinct = {recipe.prompts: recipe for recipe in recipes}
@@ -333,7 +359,7 @@ def make_batched(
         # 5. Denoise with every guidance method the recipe turns on (inpainting: the mask as the U-Net's input, or
         # the kept area blended back after each step).
         unet, after_step = unet_denoiser(model.unet), None
-        if control is not None:  # the ControlNet's residuals: in the U-Net's call, for every branch
+        if control is not None:  # the ControlNets' summed residuals: in the U-Net's call, for every branch
             unet = control.denoiser(unet, schedule.timesteps, model.latent_channels)
         if inpainting is not None:
             unet, after_step = inpainting.denoiser(unet), inpainting.after_step(schedule)

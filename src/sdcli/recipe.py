@@ -4,7 +4,8 @@
 Three frozen dataclasses hold what a run asks for:
 
 - `Recipe`: what makes an image. Recorded in its PNG (the `sdcli` JSON chunk, and AUTOMATIC1111's infotext where it
-  has a key), replayed by `--from`, set per line in batch files (those that load the model: per batch).
+  has a key), replayed by `--from`, set per line in batch files (those that load the model: per batch, but LoRAs:
+  every line's files load, and each line's weights apply to its images).
 - `Request`: a recipe and how many images of it (seeds seed .. seed + n - 1).
 - `Run`: how a run goes (device, dtype, batch size, speed options): never what an image is.
 
@@ -33,7 +34,10 @@ from sdcli.sampling.samplers import (
     get_schedule,
     resolve_schedule,
 )
+from sdcli.text.lora_tags import read_tags
 
+SAFETENSORS = (".safetensors", ".sft")  # the file suffixes sdcli reads weights from
+PICKLES = (".ckpt", ".pt", ".pth", ".bin")  # only with --allow-pickle
 DEFAULT_MODEL = "shapes"  # the built-in model, used when neither --model nor $SDCLI_MODEL names one
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
@@ -49,6 +53,8 @@ DEFAULT_CLASSIFIER_SCALE = 10.0  # s of classifier guidance, when --classifier n
 DEFAULT_STRENGTH = 0.75  # img2img's denoising strength, when --init-image names an image
 MAX_MASK_BLUR = 256  # pixels: AUTOMATIC1111's slider stops at 64
 DEFAULT_HIRES_STRENGTH = 0.5  # the hires pass's, when --hires-scale asks for one
+# A ControlNet's scale and the share of the steps it runs over, when not given (diffusers' pipeline's defaults).
+DEFAULT_CONTROL_SCALE, DEFAULT_CONTROL_START, DEFAULT_CONTROL_END = 1.0, 0.0, 1.0
 MAX_HIRES_SCALE = 4.0
 MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes unsigned 64-bit seeds
 # Limits checked before any work: beyond them a run would exhaust memory or time rather than make an image.
@@ -136,6 +142,15 @@ def parse_lora(text: str) -> tuple[str, float]:
     return path, value
 
 
+def is_lora_name(text: str) -> bool:
+    """A `--lora NAME[:WEIGHT]` rather than a file: no folder and no file suffix (`pink`, `pink:0.5`), found by name
+    as a prompt's `<lora:NAME>` tag is (sdcli.loading.lora_names)."""
+    reference = parse_lora(text)[0]
+    return (
+        "/" not in reference and "\\" not in reference and Path(reference).suffix.lower() not in SAFETENSORS + PICKLES
+    )
+
+
 def lora_name(path: str) -> str:
     """A LoRA's name, as AUTOMATIC1111's infotext writes it: its file's name without the suffix, `:` and `,` out."""
     return Path(path).stem.translate(str.maketrans("", "", ":,"))
@@ -147,16 +162,24 @@ def _lora_hashes(record: Any) -> str | None:
     return ", ".join(f"{lora_name(parse_lora(text)[0])}: {sha256[:12]}" for text, sha256 in pairs) or None
 
 
-def _controlnet_unit(record: Any) -> str | None:
-    """AUTOMATIC1111's ControlNet extension's unit 0 (`ControlNet 0`): no preprocessor (the image is given ready),
-    the folder's name, the weight, a plain resize to the output size, and the share of the steps it runs over."""
-    if record.control_net is None:
-        return None
-    return (
-        f"Module: none, Model: {Path(record.control_net).name}, Weight: {record.control_scale:g}, "
-        f"Resize Mode: Just Resize, Guidance Start: {record.control_start:g}, "
-        f"Guidance End: {record.control_end:g}, Control Mode: Balanced"
+def _unit_name(reference: str) -> str:
+    """A ControlNet's name in the infotext: its folder's or file's name without a suffix, `:` and `,` out (the
+    extension refuses a unit whose values hold them)."""
+    path = Path(reference)
+    name = path.stem if path.suffix.lower() in SAFETENSORS + PICKLES else path.name
+    return name.translate(str.maketrans("", "", ":,"))
+
+
+def _controlnet_units(record: Any) -> tuple[str, ...] | None:
+    """AUTOMATIC1111's ControlNet extension's units (`ControlNet 0`, `ControlNet 1`, ...), one per --control-net:
+    no preprocessor (the image is given ready), the model's name, the weight, a plain resize to the output size,
+    and the share of the steps it runs over."""
+    units = tuple(
+        f"Module: none, Model: {_unit_name(unit.net)}, Weight: {unit.scale:g}, Resize Mode: Just Resize, "
+        f"Guidance Start: {unit.start:g}, Guidance End: {unit.end:g}, Control Mode: Balanced"
+        for unit in record.controls
     )
+    return units or None
 
 
 def random_seed() -> int:
@@ -181,6 +204,11 @@ def _one_of(choices: tuple[str, ...]) -> tuple[Callable[[Any], bool], str]:
     return (lambda v: v in choices), f"one of {', '.join(choices)}"
 
 
+def _numbers(value: Any, within: Callable[[float], bool]) -> bool:
+    """A tuple of finite numbers, each `within` its range."""
+    return isinstance(value, tuple) and all(_is_number(v) and within(v) for v in value)
+
+
 def _is_text(value: Any) -> bool:
     """A string that is valid Unicode (undecodable bytes of argv arrive as lone surrogates), of at most
     MAX_TEXT_BYTES (over a hundred 75-token chunks; a PNG's text chunks must hold it)."""
@@ -193,6 +221,7 @@ def _is_text(value: Any) -> bool:
 
 
 FINITE = (_is_number, "a finite number")
+FINITES = (lambda v: _numbers(v, lambda x: True), "finite numbers")
 TEXT = (_is_text, f"valid UTF-8 text of at most {MAX_TEXT_BYTES:,} bytes")
 NAME = (lambda v: isinstance(v, str) and v != "", "a name")
 FLAG = (lambda v: isinstance(v, bool), "true or false")
@@ -202,11 +231,13 @@ OPTIONAL = {"check": None}  # a setting whose None means "not set" (checked only
 
 @dataclass(frozen=True)
 class Infotext:
-    """A setting's place in AUTOMATIC1111's `parameters` infotext: `Key: value` on its last line."""
+    """A setting's place in AUTOMATIC1111's `parameters` infotext: `Key: value` on its last line. A numbered key
+    (`ControlNet {i}`) is written once per value its `write` gives (`ControlNet 0`, `ControlNet 1`, ...), and read
+    back as the tuple of their texts."""
 
     key: str
     write: Callable[[Any], Any] | None = None  # the record -> the value written (None: not written)
-    read: Callable[[str], dict[str, Any]] | None = None  # the text -> settings; None: {name: parse_text(name, text)}
+    read: Callable[[Any], dict[str, Any]] | None = None  # the text -> settings; None: {name: parse_text(name, text)}
     read_if: Callable[[Mapping[str, str]], bool] | None = None  # read only where the infotext's params say so
 
 
@@ -223,11 +254,19 @@ class Setting:
     show_default: str | None = None  # the default as --help shows it; None: the declared default
     choices: tuple[str, ...] | None = None  # a fixed set of values, listed by --help
     repeats: str | None = None  # the option may be repeated: the first value is this setting, the rest that one
+    per: str | None = None  # a tuple holding one value per value of that setting (a group: --control-net's)
+    one_for_all: bool = False  # with `per`: a single value may stand for every one, none for the defaults
     path: bool = False  # a file or folder: recorded as an absolute path (a batch line's: from the file's folder)
     hash_of: str | None = None  # the sha256 of that setting's file, recorded beside it; set anew, it is dropped
     infotext: Infotext | None = None
     loads: bool = False  # changes how the model loads: one value per batch run, not per line
     per_line: bool = True  # a batch line may set it (Run settings: no)
+    # loads files, and yet a batch line may set it: every line's files load once (their union), and each U-Net batch
+    # applies its own line's values (LoRAs: their weights)
+    loads_union: bool = False
+    # a path setting's values that are found by name (`--lora pink`): kept as typed, not made absolute
+    named: Callable[[str], bool] | None = None
+    env: str | None = None  # an environment variable that gives the option's value when it is not given
 
     def problem(self, name: str, value: Any) -> str:
         flag = self.flag(name)
@@ -260,14 +299,46 @@ def absolute_path(path: str | Path, folder: Path = Path()) -> str:
     return str((folder / Path(path).expanduser()).resolve())
 
 
+def recorded_path(spec: Setting, value: str | Path, folder: Path = Path()) -> str:
+    """A path setting's value (declared with `path=True`) as recorded: absolute (see `absolute_path`), but a name the
+    setting finds by name (`--lora pink:1`) as typed."""
+    if spec.named is not None and spec.named(str(value)):
+        return str(value)
+    return absolute_path(value, folder)
+
+
 def check_settings(instance: Any) -> None:
-    """Every declared setting of `instance` against its check (None passes for settings that default to None)."""
+    """Every declared setting of `instance` against its check (None passes for settings that default to None), then
+    the counts of each group's settings."""
     for f, spec in declared(type(instance)):
         value = getattr(instance, f.name)
         if spec.check is None or (value is None and f.default is None):
             continue
         if not spec.check(value):
             raise UsageError(spec.problem(f.name, value))
+    check_groups(instance)
+
+
+def check_groups(instance: Any) -> None:
+    """Each setting declared `per` another holds one value per value of it (as diffusers' MultiControlNetModel takes
+    lists): `--control-net A --control-image a.png --control-net B --control-image b.png` pairs them in order; one
+    declared `one_for_all` may also hold a single value for them all, or none (the defaults)."""
+    specs = {f.name: spec for f, spec in declared(type(instance))}
+    for name, spec in specs.items():
+        if spec.per is None:
+            continue
+        n, m = len(getattr(instance, spec.per)), len(getattr(instance, name))
+        flag, lead_flag = spec.flag(name), specs[spec.per].flag(spec.per)
+        if m and not n:
+            raise UsageError(f"{flag} needs {lead_flag} {specs[spec.per].metavar}; add it, or leave out {flag}")
+        if m == n or (spec.one_for_all and m in (0, 1)):
+            continue
+        if not m:
+            raise UsageError(
+                f"{lead_flag} needs {flag} {spec.metavar} beside it, one per {lead_flag} in order; add {flag}"
+            )
+        each = "once for all of them or once per" if spec.one_for_all else "once per"
+        raise UsageError(f"{n} {lead_flag} but {m} {flag}; give {flag} {each} {lead_flag}, in order")
 
 
 def _size(text: str) -> dict[str, int]:
@@ -299,6 +370,17 @@ class Hires:
     strength: float
     steps: int  # of its schedule, truncated by the strength
     upscaler: str  # one of UPSCALERS
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet of a recipe, resolved."""
+
+    net: str  # a folder or a single file
+    image: str
+    scale: float
+    start: float  # the share of the steps after which it runs, and after which it stops
+    end: float
 
 
 @dataclass(frozen=True)
@@ -426,17 +508,32 @@ class Recipe:
     loras: tuple[str, ...] = setting(
         (),
         "A LoRA (repeatable) and its weight, 1 by default: kohya/AUTOMATIC1111's (lora_unet_..., lora_te_...) or "
-        "diffusers'/peft's .safetensors (.pt and .bin with --allow-pickle), applied unfused, several at once.",
+        "diffusers'/peft's .safetensors (.pt and .bin with --allow-pickle), applied unfused, several at once; a NAME "
+        "is found as a prompt's <lora:NAME:WEIGHT> tag is, in --lora-dir and the model's own loras/.",
         PATHS,
         flags=("--lora",),
-        metavar="PATH[:WEIGHT]",
+        metavar="PATH|NAME[:WEIGHT]",
         path=True,
+        named=is_lora_name,
         loads=True,
+        loads_union=True,
         show_default="none",
         infotext=Infotext("Lora hashes", _lora_hashes, lambda text: {}),  # names and short hashes: no files to load
     )
     loras_sha256: tuple[str, ...] = setting(
         (), "The LoRAs' sha256s: a replay refuses a changed file.", flags=None, hash_of="loras", loads=True
+    )
+    lora_dir: str | None = setting(
+        None,
+        "Where <lora:NAME:WEIGHT> tags in the prompt (AUTOMATIC1111's) and --lora NAME find NAME.safetensors (.pt, "
+        ".ckpt, .bin with --allow-pickle), before the model's own loras/ folder; the tag is removed from the text "
+        "that is encoded.",
+        NAME,
+        metavar="DIR",
+        path=True,
+        loads=True,
+        env="SDCLI_LORA_DIR",
+        show_default="$SDCLI_LORA_DIR, else none",
     )
     # Images in (sdcli.modes.img2img).
     init_image: str | None = setting(
@@ -491,52 +588,78 @@ class Recipe:
         flags=("--mask-overlay/--no-mask-overlay",),
         show_default="on",
     )
-    # ControlNet (sdcli.loading.controlnet, sdcli.modes.controlnet): the network loads once per run beside the model.
-    control_net: str | None = setting(
-        None,
-        "A ControlNet (diffusers' ControlNetModel folder) for the model's family, steering every guidance branch "
-        "by --control-image: its residuals, times --control-scale, added to the U-Net's in the same batched call.",
-        NAME,
+    # ControlNet (sdcli.loading.controlnet, sdcli.modes.controlnet): the networks load once per run beside the model;
+    # each --control-net leads a group, its image, scale, start and end given in the same order (or, but for the
+    # image, once for all), as diffusers' MultiControlNetModel takes lists.
+    control_nets: tuple[str, ...] = setting(
+        (),
+        "A ControlNet for the model's family (repeatable, each with its own --control-image): a diffusers "
+        "ControlNetModel folder, or one .safetensors file in the original layout (control_v11p_sd15_canny) or "
+        "diffusers'. Every guidance branch is steered: the residuals of all of them, each times its --control-scale, "
+        "are summed and added to the U-Net's in the same batched call.",
+        PATHS,
+        flags=("--control-net",),
         metavar="MODEL",
         path=True,
         loads=True,
         show_default="none",
-        infotext=Infotext("ControlNet 0", _controlnet_unit, lambda text: {}),  # a name, no folder to load
+        infotext=Infotext("ControlNet {i}", _controlnet_units, lambda texts: {}),  # names: no file to load
     )
-    control_image: str | None = setting(
-        None,
-        "The ControlNet's image (an edge map, a pose, a depth map...), RGB, resized to the output size (Lanczos), in "
-        "[0, 1] as diffusers' pipeline gives it; the same for every image and branch.",
-        NAME,
+    control_nets_sha256: tuple[str, ...] = setting(
+        (),
+        "The ControlNets' sha256s (a single file's; a folder's is empty): a replay refuses a changed file.",
+        flags=None,
+        hash_of="control_nets",
+        loads=True,
+    )
+    control_images: tuple[str, ...] = setting(
+        (),
+        "The image of each --control-net, in order (an edge map, a pose, a depth map...), RGB, resized to the output "
+        "size (Lanczos), in [0, 1] as diffusers' pipeline gives it; the same for every image and branch.",
+        PATHS,
+        flags=("--control-image",),
         metavar="IMAGE",
         path=True,
+        per="control_nets",
         show_default="none",
     )
-    control_image_sha256: str | None = setting(
-        None, "The control image's sha256: a replay refuses a changed file.", flags=None, hash_of="control_image"
+    control_images_sha256: tuple[str, ...] = setting(
+        (), "The control images' sha256s: a replay refuses a changed file.", flags=None, hash_of="control_images"
     )
-    control_scale: float = setting(
-        1.0,
-        "The ControlNet's weight: its residuals times S (diffusers' controlnet_conditioning_scale); 0 gives bit for "
-        "bit the image without it.",
-        FINITE,
+    control_scales: tuple[float, ...] = setting(
+        (),
+        "The weight of each --control-net, in order, or one for all: its residuals times S (diffusers' "
+        "controlnet_conditioning_scale); 0 gives bit for bit the image without it.",
+        FINITES,
+        flags=("--control-scale",),
         example="0.8",
         metavar="S",
+        per="control_nets",
+        one_for_all=True,
+        show_default=f"{DEFAULT_CONTROL_SCALE:g}",
     )
-    control_start: float = setting(
-        0.0,
-        "The share of the steps after which the ControlNet starts: step i of N runs it iff i/N >= A and "
-        "(i + 1)/N <= B (diffusers' control_guidance_start and _end).",
-        (lambda v: _is_number(v) and 0 <= v < 1, "a number from 0 to below 1"),
+    control_starts: tuple[float, ...] = setting(
+        (),
+        "The share of the steps after which each --control-net starts (in order, or one for all): step i of N runs it "
+        "iff i/N >= A and (i + 1)/N <= B (diffusers' control_guidance_start and _end).",
+        (lambda v: _numbers(v, lambda x: 0 <= x < 1), "numbers from 0 to below 1"),
+        flags=("--control-start",),
         example="0.2",
         metavar="A",
+        per="control_nets",
+        one_for_all=True,
+        show_default=f"{DEFAULT_CONTROL_START:g}",
     )
-    control_end: float = setting(
-        1.0,
-        "The share of the steps after which the ControlNet stops (see --control-start).",
-        (lambda v: _is_number(v) and 0 < v <= 1, "a number above 0 and at most 1"),
+    control_ends: tuple[float, ...] = setting(
+        (),
+        "The share of the steps after which each --control-net stops (in order, or one for all; see --control-start).",
+        (lambda v: _numbers(v, lambda x: 0 < x <= 1), "numbers above 0 and at most 1"),
+        flags=("--control-end",),
         example="0.8",
         metavar="B",
+        per="control_nets",
+        one_for_all=True,
+        show_default=f"{DEFAULT_CONTROL_END:g}",
     )
     # The hires fix (sdcli.modes.hires): AUTOMATIC1111 writes its strength as "Denoising strength", by "Hires upscale".
     hires_scale: float | None = setting(
@@ -715,6 +838,7 @@ class Recipe:
         if not (isinstance(negatives, tuple) and all(_is_text(n) for n in negatives)):
             raise UsageError(f"--neg must be valid UTF-8 text of at most {MAX_TEXT_BYTES:,} bytes")
         check_settings(self)
+        read_tags(self.prompt)  # a malformed <lora:...> tag: refused before anything loads
         if self.neg_mode == "replace":
             if negatives:
                 raise UsageError(
@@ -747,23 +871,15 @@ class Recipe:
         self._check_cfg_pp()
 
     def _check_control(self) -> None:
-        """A ControlNet and its image come together; its scale and steps are its own; one pass only."""
-        if (self.control_net is None) != (self.control_image is None):
-            pair = (("--control-net", "--control-image IMAGE"), ("--control-image", "--control-net MODEL"))
-            given, missing = pair[self.control_net is None]
-            raise UsageError(f"{given} needs {missing} beside it; add it, or leave out {given}")
-        for name, default in (("control_scale", 1.0), ("control_start", 0.0), ("control_end", 1.0)):
-            if self.control_net is None and getattr(self, name) != default:
-                flag = "--" + name.replace("_", "-")
+        """Each ControlNet starts before it ends, and runs in one pass only (its group's counts: `check_groups`)."""
+        for i, unit in enumerate(self.controls):
+            if unit.start >= unit.end:
+                which = f" (of --control-net {i + 1})" if len(self.control_nets) > 1 else ""
                 raise UsageError(
-                    f"{flag} is the ControlNet's: it needs --control-net MODEL; add it, or leave out {flag}"
+                    f"--control-start {unit.start:g} must be below --control-end {unit.end:g}{which}; for example "
+                    "--control-start 0 --control-end 0.8"
                 )
-        if self.control_start >= self.control_end:
-            raise UsageError(
-                f"--control-start {self.control_start:g} must be below --control-end {self.control_end:g}; for "
-                "example --control-start 0 --control-end 0.8"
-            )
-        if self.control_net is not None and self.hires_scale is not None:
+        if self.control_nets and self.hires_scale is not None:
             raise UsageError(
                 "the hires fix's second pass does not run the ControlNet yet; leave out --hires-scale or --control-net"
             )
@@ -832,6 +948,20 @@ class Recipe:
         strength = DEFAULT_HIRES_STRENGTH if self.hires_strength is None else float(self.hires_strength)
         upscaler = self.hires_upscaler or UPSCALERS[0]
         return Hires(float(self.hires_scale), strength, self.hires_steps or self.steps, upscaler)
+
+    @property
+    def controls(self) -> tuple[ControlUnit, ...]:
+        """Each --control-net with its image, scale, start and end, as they run (a value given once: for all; none:
+        the defaults)."""
+
+        def each(values: tuple[float, ...], default: float) -> tuple[float, ...]:
+            return values if len(values) == len(self.control_nets) else (values or (default,)) * len(self.control_nets)
+
+        scales = each(self.control_scales, DEFAULT_CONTROL_SCALE)
+        starts = each(self.control_starts, DEFAULT_CONTROL_START)
+        ends = each(self.control_ends, DEFAULT_CONTROL_END)
+        columns = (self.control_nets, self.control_images, scales, starts, ends)
+        return tuple(ControlUnit(*unit) for unit in zip(*columns, strict=True))
 
     @property
     def resolved_strength(self) -> float | None:
@@ -994,7 +1124,7 @@ _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 def parse_text(name: str, text: str) -> Any:
     """A setting's value from text (a CSV cell, an infotext value), by its declared type; ValueError if it is not
-    one. Text settings stay text; tuples of text are one item."""
+    one. Text settings stay text; tuples of text are one item; tuples of numbers are separated by commas."""
     kind = str(SETTINGS[name][0].type) if name in SETTINGS else "str"
     if kind.startswith("float"):
         return float(text)
@@ -1005,6 +1135,8 @@ def parse_text(name: str, text: str) -> Any:
         if word not in _TRUE + _FALSE:
             raise ValueError(f"{text!r} is not true or false")
         return word in _TRUE
+    if kind.startswith("tuple[float"):
+        return tuple(float(item) for item in text.split(","))
     if kind.startswith("tuple"):
         return (text,)
     return text

@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -334,6 +335,14 @@ def sweep_guidance(
             show_default=False,
         ),
     ] = None,
+    lora_weights: Annotated[
+        str | None,
+        typer.Option(
+            metavar="W,W,...",
+            help="Weights of the first --lora as rows, a second axis (the file loads once): a list or a range.",
+            show_default=False,
+        ),
+    ] = None,
     cfgpp_scales: Annotated[
         str | None,
         typer.Option(
@@ -355,7 +364,7 @@ def sweep_guidance(
 ) -> None:
     """Sweep the guidance scale: a labelled contact sheet, per-image and per-scale metrics, and their plot."""
     from sdcli.output.files import image_name
-    from sdcli.workflows.sweep import METHOD, Sweep, parse_numbers, parse_seeds, parse_words, run
+    from sdcli.workflows.sweep import LORA_WEIGHT, METHOD, Sweep, parse_numbers, parse_seeds, parse_words, run
 
     interactive = _interactive(quiet)
     settings = {"prompt": _read_prompt(prompt), **(given or {})}
@@ -391,6 +400,8 @@ def sweep_guidance(
     methods = parse_words(method) if method is not None else ()
     if methods:
         axes.append(("--method", METHOD, methods))
+    if lora_weights is not None:
+        axes.append(("--lora-weights", LORA_WEIGHT, parse_numbers(lora_weights, "--lora-weights")))
     if len(axes) > 1:
         raise UsageError(f"{' and '.join(a[0] for a in axes)} are each a second axis (rows) here; give one of them")
     _, axis, values = axes[0] if axes else (None, None, ())
@@ -444,6 +455,13 @@ def _stderr_block(text: str) -> None:
     sys.stderr.write(text + "\n")
 
 
+class ExecutorName(str, Enum):
+    """Where `sdcli batch` makes its images."""
+
+    local = "local"
+    ray = "ray"
+
+
 @app.command()
 @settings_options(Recipe, Request, Run, exclude=("seed",))
 def batch(
@@ -460,12 +478,51 @@ def batch(
     as_json: JsonOption = False,
     quiet: QuietOption = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Remake images already in the folder.")] = False,
+    executor: Annotated[
+        ExecutorName,
+        typer.Option(
+            help="local: this process (or each of accelerate launch's); ray: Ray actors (sdcli[ray]).",
+            show_default="local",
+        ),
+    ] = ExecutorName.local,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="The Ray cluster to join: host:port of its head, or auto (the one this machine runs).",
+            show_default="$RAY_ADDRESS, else a private instance on this machine",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Ray workers, each loading the model once.", show_default="as many as fit"),
+    ] = None,
+    gpus_per_worker: Annotated[
+        float | None,
+        typer.Option(min=0, help="GPUs of each Ray worker.", show_default="1 if the cluster has GPUs, else 0"),
+    ] = None,
+    cpus_per_worker: Annotated[
+        float | None,
+        typer.Option(min=0, help="CPUs of each Ray worker; torch runs on as many threads.", show_default="1"),
+    ] = None,
     given: dict[str, Any] | None = None,
 ) -> None:
     """Make the images of a prompt file; a rerun resumes. Print each written path (or JSON object) on stdout."""
-    from sdcli.workflows.batch import FORMATS, run
+    from sdcli.workflows.batch import FORMATS, local, run
     from sdcli.workflows.batch import file_format as guess_format
 
+    ray_options = {"address": address, "workers": workers, "gpus_per_worker": gpus_per_worker,
+                   "cpus_per_worker": cpus_per_worker}  # fmt: skip
+    given_ray = {name: value for name, value in ray_options.items() if value is not None}
+    if executor is ExecutorName.ray:
+        from functools import partial
+
+        from sdcli.workflows.ray_executor import start  # a one-line error without Ray
+
+        make_with = partial(start, **given_ray)
+    elif given_ray:
+        raise UsageError(f"--{next(iter(given_ray)).replace('_', '-')} is for --executor ray")
+    else:
+        make_with = local
     interactive = _interactive(quiet)
     if file_format is not None and file_format not in FORMATS:
         raise UsageError(f"--format {file_format}: use one of {', '.join(FORMATS)}")
@@ -486,7 +543,7 @@ def batch(
 
     folder = Path() if file == "-" else Path(file).parent  # a line's relative paths: from the file's folder
     run(text, "stdin" if file == "-" else file, fmt, defaults, out_dir, skip_invalid, overwrite, on_image,
-        None if quiet else _stderr_block, interactive, folder)  # fmt: skip
+        None if quiet else _stderr_block, interactive, folder, make_with)  # fmt: skip
 
 
 @app.command()
@@ -501,7 +558,7 @@ def info(
     from sdcli.loading.info import format_info, model_info
     from sdcli.loading.references import resolve_model
 
-    adapter = adapter_info(model)
+    adapter = adapter_info(model, allow_pickle)
     if adapter is not None:
         print(json.dumps(adapter.as_dict()) if as_json else format_adapter(adapter))
         return

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sdcli.recipe import Setting, absolute_path, declared
+from sdcli.recipe import Setting, declared, recorded_path
 
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
@@ -37,7 +37,8 @@ def _option_type(f: Field, spec: Setting) -> Any:
     if spec.choices is not None:
         return _choices(f.name, spec.choices)
     if _many(f):
-        return list[Path] if spec.path else list[str]
+        item = _TYPES[str(f.type).removeprefix("tuple[").split(",")[0]]  # tuple[float, ...]: float
+        return list[Path] if spec.path else list[item]
     if spec.repeats is not None:
         return list[str]
     if spec.path:
@@ -54,7 +55,12 @@ def _parameter(f: Field, spec: Setting) -> inspect.Parameter:
     flag = _is_flag(f, spec)
     show_default = spec.show_default if spec.show_default is not None else (False if flag else str(f.default))
     option = typer.Option(
-        *(spec.flags or [spec.flag(f.name)]), help=spec.help, metavar=spec.metavar, show_default=show_default
+        *(spec.flags or [spec.flag(f.name)]),
+        help=spec.help,
+        metavar=spec.metavar,
+        show_default=show_default,
+        envvar=spec.env,
+        show_envvar=False,  # show_default names it
     )
     kind = bool if flag else _option_type(f, spec) | None
     default = False if flag else None
@@ -72,9 +78,9 @@ def _settings(f: Field, spec: Setting, value: Any) -> dict[str, Any]:
     if spec.repeats is not None:
         return {f.name: value[0], spec.repeats: tuple(value[1:])} if value else {}
     if _many(f):
-        return {f.name: tuple(absolute_path(v) if spec.path else v for v in value)} if value else {}
+        return {f.name: tuple(recorded_path(spec, v) if spec.path else v for v in value)} if value else {}
     if spec.path:
-        return {f.name: absolute_path(value)}
+        return {f.name: recorded_path(spec, value)}
     return {f.name: value}
 
 

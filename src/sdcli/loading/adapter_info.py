@@ -8,13 +8,22 @@ family it fits, read from a safetensors header (`sdcli.loading.headers`) without
 - Embedding: `emb_params`, `string_to_param.*`, `clip_l` and `clip_g` (SDXL), or one {token: tensor} 768 or 1024
   wide. The token is the file's name without its suffix, as `--embedding` uses it.
 - ControlNet: a diffusers `ControlNetModel` folder (config.json), or one safetensors file in diffusers' layout
-  (`controlnet_cond_embedding.*`) or the original one (`control_model.*`); the family by its cross-attention width.
+  (`controlnet_cond_embedding.*`) or the original one (`input_hint_block.*`, with or without `control_model.`); the
+  family by its cross-attention width.
+
+A pickle (`.pt`, `.pth`, `.bin`, `.ckpt`: embeddings and LoRAs saved with `torch.save`) is read only with
+`--allow-pickle`, through `torch.load(weights_only=True)`, and then said as a safetensors file is. Without it, its
+pickle's opcodes are scanned, never run (`pickletools.genops`), for the names that tell the kind, and one line says
+what it looks like and that `--allow-pickle` reads it.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import pickletools
 import re
+import zipfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +32,7 @@ from typing import Any
 from sdcli.errors import UsageError
 from sdcli.loading.architecture import SD1, SD2, SDXL, Family, Shapes, family_of
 from sdcli.loading.headers import read_header
-from sdcli.loading.references import SAFETENSORS
+from sdcli.loading.references import PICKLES, SAFETENSORS
 
 _BY_WIDTH = {768: SD1, 1024: SD2, 2048: SDXL}  # text encoder / cross-attention width: the family
 _KOHYA = {"lora_unet_": "unet", "lora_te_": "text_encoder", "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2"}
@@ -106,8 +115,8 @@ def _parameters(tensors: Shapes) -> int:
 def _controlnet_file(tensors: Shapes, file: Path) -> AdapterInfo | None:
     if any(k.startswith("controlnet_cond_embedding.") for k in tensors):
         layout, sdxl = "diffusers", any(k.startswith("add_embedding.") for k in tensors)
-    elif any(k.startswith("control_model.") for k in tensors):
-        layout, sdxl = "original", any(k.startswith("control_model.label_emb.") for k in tensors)
+    elif any(k.startswith(("control_model.", "input_hint_block.")) for k in tensors):
+        layout, sdxl = "original", any(k.startswith(("control_model.label_emb.", "label_emb.")) for k in tensors)
     else:
         return None
     cross = _most_common([t.shape[1] for k, t in tensors.items() if _CROSS_ATTENTION_KEY.search(k) and t.ndim == 2])
@@ -129,16 +138,96 @@ def _controlnet_folder(folder: Path) -> AdapterInfo | None:
     return AdapterInfo("controlnet", str(folder), "diffusers folder", *_family(family_of(config)), details)
 
 
-def adapter_info(reference: str) -> AdapterInfo | None:
+# Names inside a pickle that tell an adapter's kind (or a model's), looked for without unpickling.
+_PICKLE_HINTS = (
+    ("string_to_param", "a textual inversion embedding (AUTOMATIC1111's string_to_param)"),
+    ("emb_params", "a textual inversion embedding (emb_params)"),
+    ("lora_down", "a LoRA (kohya's lora_down/lora_up)"),
+    ("lora_A", "a LoRA (diffusers'/peft's lora_A/lora_B)"),
+    ("input_hint_block", "a ControlNet (the original layout)"),
+    ("controlnet_cond_embedding", "a ControlNet (diffusers' layout)"),
+)
+MAX_PICKLE_SCAN = 64 * 1024 * 1024  # bytes of a pickle's opcodes scanned for names (tensors' data lie outside them)
+
+
+def _pickle_names(path: Path) -> set[str]:
+    """The strings a pickle file holds (its dictionary keys among them), read from its opcodes without running any:
+    torch.save's zip archive's data.pkl, or a legacy file's leading pickles. Empty where it does not parse."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                data = archive.open(name).read(MAX_PICKLE_SCAN)
+        else:
+            with path.open("rb") as file:
+                data = file.read(MAX_PICKLE_SCAN)
+    except (OSError, StopIteration, zipfile.BadZipFile):
+        return set()
+    names, stream = set(), io.BytesIO(data)
+    for _ in range(5):  # a legacy file: magic number, protocol, system info, then the object
+        try:
+            names |= {arg for _, arg, _ in pickletools.genops(stream) if isinstance(arg, str)}
+        except Exception:  # noqa: BLE001 - the end of the pickles, or not a pickle: what was read so far
+            break
+    return names
+
+
+def pickled_kind(path: Path) -> str | None:
+    """The adapter a pickle's names say it is (`_PICKLE_HINTS`), None for anything else (a model checkpoint)."""
+    names = _pickle_names(path)
+    return next((kind for hint, kind in _PICKLE_HINTS if any(hint in name for name in names)), None)
+
+
+def _refuse_unpickled(path: Path, kind: str) -> None:
+    """One line on an adapter pickle read without --allow-pickle: what its names say it is, and how to read it."""
+    raise UsageError(
+        f"{path} is a pickle ({path.suffix}) that looks like {kind}; sdcli unpickles only with --allow-pickle (its "
+        "tensors alone, torch.load(weights_only=True)): pass it to read its family and size, or convert the file to "
+        ".safetensors"
+    )
+
+
+def _pickle_tensors(path: Path) -> Shapes:
+    """A pickle's tensors, by dotted name through nested dictionaries (AUTOMATIC1111's `string_to_param.*`), read
+    with torch.load(weights_only=True); a Lightning `state_dict` level is stepped into."""
+    from sdcli.loading.checkpoints import load_pickle  # torch, for pickles only
+
+    loaded = load_pickle(path)
+    if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
+        loaded = loaded["state_dict"]
+    tensors: dict[str, Any] = {}
+
+    def walk(value: Any, name: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key != "string_to_token":  # AUTOMATIC1111's token ids, not weights
+                    walk(item, f"{name}.{key}" if name else str(key))
+        elif hasattr(value, "shape") and hasattr(value, "numel"):
+            tensors[name] = value
+
+    walk(loaded, "")
+    return tensors
+
+
+def adapter_info(reference: str, allow_pickle: bool = False) -> AdapterInfo | None:
     """What the LoRA, embedding or ControlNet `reference` names is; None for anything else (a model, or a file that
-    does not read: `sdcli.loading.info` says what it is)."""
+    does not read: `sdcli.loading.info` says what it is). A pickle is unpickled only with `allow_pickle` and when its
+    names say it is an adapter; one that does, without `allow_pickle`, is a usage error saying what it looks like."""
     path = Path(reference).expanduser()
     if path.is_dir() and not (path / "model_index.json").exists():
         return _controlnet_folder(path.resolve())
-    if not path.is_file() or path.suffix.lower() not in SAFETENSORS:
+    suffix = path.suffix.lower()
+    if not path.is_file() or suffix not in SAFETENSORS + PICKLES:
         return None
+    if suffix in PICKLES:
+        kind = pickled_kind(path)
+        small = path.stat().st_size <= MAX_PICKLE_SCAN  # a diffusers learned_embeds.bin: {token: tensor}, no hint
+        if kind is None and not (allow_pickle and small):
+            return None  # a model checkpoint (read, or refused, as one), or nothing sdcli reads
+        if not allow_pickle:
+            _refuse_unpickled(path.resolve(), kind)
     try:
-        tensors = read_header(path)
+        tensors = read_header(path) if suffix in SAFETENSORS else _pickle_tensors(path)
     except UsageError:
         return None
     path = path.resolve()

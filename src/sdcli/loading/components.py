@@ -29,6 +29,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from sdcli.errors import Failure, UsageError, reason
 from sdcli.loading.architecture import SD1, SDXL, VAE, VAE_SCALING_FACTOR, describe, detect, family_of, vae_config
 from sdcli.loading.checkpoints import read_checkpoint
+from sdcli.loading.controlnet import LoadedControlNet
 from sdcli.loading.embeddings import Embedding, add_embeddings
 from sdcli.loading.geometry import latent_scale, native_size
 from sdcli.loading.loras import Lora, add_loras
@@ -64,7 +65,7 @@ class Model:
     force_zeros_for_empty_prompt: bool = False  # SDXL: an empty negative prompt is zero embeddings, not encoded
     classifier: torch.nn.Module | None = None  # classifier guidance's (sdcli.guidance.classifier), loaded on first use
     embeddings: tuple[Embedding, ...] = ()  # textual inversion tokens added to the tokenizers and text encoders
-    controlnet: diffusers.ControlNetModel | None = None  # --control-net's, loaded beside (sdcli.loading.controlnet)
+    controlnets: tuple[LoadedControlNet, ...] = ()  # --control-net's, in order (sdcli.loading.controlnet)
     loras: tuple[Lora, ...] = ()  # LoRA adapters in the U-Net and text encoders, unfused (sdcli.loading.loras)
 
     @property

@@ -30,19 +30,19 @@ from diffusers.utils.state_dict_utils import _load_sft_state_dict_metadata
 
 from sdcli.errors import UsageError, reason
 from sdcli.loading.checkpoints import check_adapter_file, read_checkpoint
+from sdcli.loading.lora_names import Chosen
 from sdcli.loading.references import SAFETENSORS
-from sdcli.recipe import lora_name, parse_lora
+from sdcli.recipe import lora_name
 
 FORMATS = "kohya's lora_unet_/lora_te_ keys or diffusers' unet./text_encoder. lora_A/lora_B keys"
 
 
 @dataclass(frozen=True)
 class Lora:
-    """One LoRA file, read and checked, and the weight it was asked for."""
+    """One LoRA file, read and checked; its weight is set per batch (`set_lora_weights`)."""
 
     path: Path
     sha256: str
-    weight: float
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, Any] | None  # diffusers' adapter metadata (ranks, alphas), from a safetensors header
 
@@ -50,16 +50,9 @@ class Lora:
     def name(self) -> str:
         return lora_name(str(self.path))
 
-    @property
-    def recorded(self) -> str:
-        """The `--lora` value that loads it again: its absolute path and weight."""
-        return f"{self.path}:{self.weight!r}"
 
-
-def read_lora(text: str, allow_pickle: bool, recorded_sha256: str | None = None) -> Lora:
-    """The LoRA of `--lora PATH[:WEIGHT]`, checked against the sha256 a replay recorded for its file."""
-    given, weight = parse_lora(text)
-    path = Path(given)
+def read_lora(path: Path, allow_pickle: bool, recorded_sha256: str | None = None) -> Lora:
+    """The LoRA file at `path`, checked against the sha256 a replay recorded for it."""
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise UsageError(f"--lora {path} {what}; give a LoRA file (.safetensors), optionally :WEIGHT after it")
@@ -69,19 +62,17 @@ def read_lora(text: str, allow_pickle: bool, recorded_sha256: str | None = None)
         keys = ", ".join(sorted(tensors)[:3])
         raise UsageError(f"--lora {path} holds {keys}..., not a LoRA ({FORMATS}); give a LoRA file")
     metadata = _load_sft_state_dict_metadata(str(path)) if path.suffix.lower() in SAFETENSORS else None
-    return Lora(path.resolve(), sha256, weight, tensors, metadata)
+    return Lora(path.resolve(), sha256, tensors, metadata)
 
 
-def read_loras(texts: Sequence[str], allow_pickle: bool, recorded: Sequence[str] = ()) -> list[Lora]:
-    """Every `--lora` (`recorded`: sha256s of the first ones, from a replay), no two of one name."""
-    loras = [read_lora(text, allow_pickle, recorded[i] if i < len(recorded) else None) for i, text in enumerate(texts)]
+def read_loras(files: Sequence[Chosen], allow_pickle: bool) -> list[Lora]:
+    """Every LoRA file a run asks for (`sdcli.loading.lora_names.union`), no two of one name (its adapter's)."""
+    loras = [read_lora(chosen.path, allow_pickle, chosen.sha256) for chosen in files]
     by_name: dict[str, Path] = {}
     for lora in loras:
         other = by_name.setdefault(lora.name, lora.path)
         if other != lora.path:
             raise UsageError(f"--lora {lora.path} and {other} have one name {lora.name!r}; rename one file")
-    if len(by_name) < len(loras):
-        raise UsageError("a --lora is given twice; give each LoRA once, at the weight it should have")
     return loras
 
 
@@ -102,7 +93,7 @@ def _load(mixin: type, lora: Lora, unet: torch.nn.Module, encoders: list, config
 
 def add_loras(model: Any, loras: Sequence[Lora]) -> tuple[Lora, ...]:
     """Load each LoRA into the U-Net and text encoder(s) of `model` (a `sdcli.loading.components.Model`, before it
-    is placed or offloaded) as an adapter named after its file, at its weight."""
+    is placed or offloaded) as an adapter named after its file; each batch sets their weights."""
     sdxl = model.text_encoder_2 is not None
     mixin = StableDiffusionXLLoraLoaderMixin if sdxl else StableDiffusionLoraLoaderMixin
     encoders = [(mixin.text_encoder_name, model.text_encoder)]
@@ -122,9 +113,7 @@ def add_loras(model: Any, loras: Sequence[Lora]) -> tuple[Lora, ...]:
                 f"{problem}: none of its keys names a module of its U-Net or text encoder ({FORMATS}); "
                 "give a LoRA trained for this model's family"
             )
-    loras = tuple(loras)
-    set_lora_weights(model, loras, [lora.weight for lora in loras])
-    return loras
+    return tuple(loras)
 
 
 def set_lora_weights(model: Any, loras: Sequence[Lora], weights: Sequence[float]) -> None:

@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from sdcli.errors import Failure, UsageError, reason
-from sdcli.recipe import DEFAULT_MODEL
+from sdcli.recipe import DEFAULT_MODEL, PICKLES, SAFETENSORS
 
 REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SDXL_COMPONENTS = ("tokenizer_2", "text_encoder_2")  # required too where model_index.json names text_encoder_2
@@ -25,10 +25,6 @@ _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
 # What a repo download fetches: the five components (seven for SDXL), safetensors weights in full precision only.
 _HUB_ALLOW = ["model_index.json", *(f"{name}/*" for name in REQUIRED_COMPONENTS + SDXL_COMPONENTS)]
 _HUB_IGNORE = ["*.bin", "*.ckpt", "*.pt", "*.msgpack", "*.onnx", "*.h5", "*.pb", "*.fp16.*", "*non_ema*"]
-
-
-SAFETENSORS = (".safetensors", ".sft")
-PICKLES = (".ckpt", ".pt", ".pth", ".bin")
 
 
 @dataclass(frozen=True)

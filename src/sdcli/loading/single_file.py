@@ -71,7 +71,9 @@ def scheduler_config(family: Family, prediction_type: str) -> Mapping[str, Any]:
     return getattr(diffusers, config.pop("_class_name")).from_config(config).config
 
 
-def _fill(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str, source: str) -> torch.nn.Module:
+def fill(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str, source: str) -> torch.nn.Module:
+    """`module`, built empty, filled with `state` (renamed tensors): one it lacks, or of the wrong shape, is an error
+    that names it."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     mismatched = [k for k in expected if k in state and state[k].shape != expected[k].shape]
@@ -89,14 +91,14 @@ def _fill(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str,
 def build_unet(arch: Architecture, tensors: Tensors, source: str) -> UNet2DConditionModel:
     with init_empty_weights():
         unet = UNet2DConditionModel(**arch.unet)
-    return _fill(unet, convert_ldm_unet_checkpoint(tensors, dict(unet.config)), "U-Net", source)
+    return fill(unet, convert_ldm_unet_checkpoint(tensors, dict(unet.config)), "U-Net", source)
 
 
 def build_vae(config: Mapping[str, Any], tensors: Tensors, source: str) -> AutoencoderKL:
     """The VAE of an original-layout checkpoint (first_stage_model.*) or of a VAE file alone (encoder.*)."""
     with init_empty_weights():
         vae = AutoencoderKL(**config)
-    return _fill(vae, convert_ldm_vae_checkpoint(tensors, dict(vae.config)), "VAE", source)
+    return fill(vae, convert_ldm_vae_checkpoint(tensors, dict(vae.config)), "VAE", source)
 
 
 def _text_encoder(
@@ -111,7 +113,7 @@ def _text_encoder(
         state = convert_ldm_clip_checkpoint(tensors)
     if not hasattr(text_encoder, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
         state = {k.removeprefix("text_model."): v for k, v in state.items()}
-    return _fill(text_encoder, state, what, source)
+    return fill(text_encoder, state, what, source)
 
 
 def build_text_encoder(arch: Architecture, tensors: Tensors, source: str) -> CLIPTextModel:

@@ -1,15 +1,18 @@
-"""ControlNet in sdcli's own loop, as diffusers' `StableDiffusionControlNetPipeline` runs it (guess mode off):
+"""ControlNets in sdcli's own loop, as diffusers' `StableDiffusionControlNetPipeline` runs them (guess mode off; several
+as its `MultiControlNetModel`):
 
-- Control image: RGB, resized to the output size with Lanczos and kept in [0, 1] (the pipeline's
-  `control_image_processor`, a `VaeImageProcessor(do_convert_rgb=True, do_normalize=False)`), the same image for
+- Control images: RGB, resized to the output size with Lanczos and kept in [0, 1] (the pipeline's
+  `control_image_processor`, a `VaeImageProcessor(do_convert_rgb=True, do_normalize=False)`), each the same for
   every row of the batched call: every image and every guidance branch.
-- Each model call: the ControlNet sees the U-Net's input (x_t after the sampler's input scaling, C channels: an
-  inpainting U-Net's mask channels are not its), the timestep and each branch's own text context, and its residuals,
-  times --control-scale, are added to the U-Net's skip connections and middle block in the same call
-  (`down_block_additional_residuals`, `mid_block_additional_residual`). A wrapper of the denoiser, so CFG, APG, PAG
-  and separate negatives all get it on each of their branches.
-- Steps: call i of the N the schedule makes runs the ControlNet iff i/N >= start and (i+1)/N <= end (the pipeline's
-  `controlnet_keep`); the others run the U-Net alone (the pipeline adds residuals times 0, the same sums).
+- Each model call: each ControlNet sees the U-Net's input (x_t after the sampler's input scaling, C channels: an
+  inpainting U-Net's mask channels are not its), the timestep, each branch's own text context and its own image; its
+  residuals, times its scale, are summed over the ControlNets (net 0's first, as `MultiControlNetModel` sums them) and
+  added to the U-Net's skip connections and middle block in the same call (`down_block_additional_residuals`,
+  `mid_block_additional_residual`). A wrapper of the denoiser, so CFG, APG, PAG and separate negatives all get them
+  on each of their branches.
+- Steps: call i of the N the schedule makes runs a ControlNet iff i/N >= its start and (i+1)/N <= its end (the
+  pipeline's `controlnet_keep`); one that does not run adds nothing (the pipeline adds its residuals times 0, the
+  same sums), and where none runs the U-Net runs alone.
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ IMAGE_OPTION = "--control-image"
 
 
 def check_control(model: Model, recipe: Recipe) -> None:
-    """Step 1 for a ControlNet: its image readable and, in a replay, the file recorded; the ControlNet loaded."""
-    if recipe.control_image is None:
-        return
-    check_recorded(Path(recipe.control_image), recipe.control_image_sha256, IMAGE_OPTION)
-    if model.controlnet is None:  # a model loaded without the recipe's --control-net (a caller's mistake)
-        raise ValueError("the recipe asks for a ControlNet the model was loaded without; load it with load_for")
+    """Step 1 for ControlNets: each image readable and, in a replay, the file recorded; the ControlNets loaded."""
+    recorded = recipe.control_images_sha256
+    if len(recorded) != len(recipe.control_images):  # not a replay (or not the record's images)
+        recorded = (None,) * len(recipe.control_images)
+    for image, sha256 in zip(recipe.control_images, recorded, strict=True):
+        check_recorded(Path(image), sha256, IMAGE_OPTION)
+    if tuple(c.reference for c in model.controlnets) != recipe.control_nets:  # a caller's mistake
+        raise ValueError("the recipe asks for ControlNets the model was loaded without; load it with load_for")
 
 
 def keeps(n: int, start: float, end: float) -> list[bool]:
@@ -52,8 +57,8 @@ def control_pixels(path: Path, width: int, height: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Control:
-    """One batch's ControlNet: the network, its image, its scale and the calls it runs at."""
+class Unit:
+    """One ControlNet of a batch: the network, its image, its scale and the calls it runs at."""
 
     controlnet: ControlNetModel
     image: torch.Tensor  # (1, 3, H, W) in [0, 1], on the model's device and dtype
@@ -61,36 +66,56 @@ class Control:
     start: float
     end: float
 
+    def residuals(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning):
+        """Its residuals for the U-Net's input `x` (k B, C, h, w), times its scale: (down blocks' list, mid block)."""
+        return self.controlnet(
+            x,
+            t,
+            encoder_hidden_states=cond.context,
+            controlnet_cond=self.image.repeat(x.shape[0], 1, 1, 1),  # (k B, 3, H, W): every row the same
+            conditioning_scale=self.scale,
+            added_cond_kwargs=cond.added_cond_kwargs,
+            return_dict=False,
+        )
+
+
+@dataclass(frozen=True)
+class Control:
+    """One batch's ControlNets, in the order given."""
+
+    units: tuple[Unit, ...]
+
     def denoiser(self, unet: Denoiser, timesteps: torch.Tensor, channels: int) -> Denoiser:
-        """`unet` (a denoiser that takes the U-Net's residual keywords) with the ControlNet's residuals added at
-        the calls it runs at: call i is the schedule's timesteps[i] (one model call per entry, in order)."""
-        runs = keeps(len(timesteps), self.start, self.end)
+        """`unet` (a denoiser that takes the U-Net's residual keywords) with the ControlNets' summed residuals added
+        at the calls they run at: call i is the schedule's timesteps[i] (one model call per entry, in order)."""
+        runs = [keeps(len(timesteps), unit.start, unit.end) for unit in self.units]
         calls = iter(range(len(timesteps)))
 
         def controlled(x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
             i = next(calls)
             if timesteps[i] != t:
-                raise RuntimeError(f"the ControlNet's call {i} is at t={t}, not its schedule's {timesteps[i]}")
-            if not runs[i]:
+                raise RuntimeError(f"the ControlNets' call {i} is at t={t}, not their schedule's {timesteps[i]}")
+            active = [unit for unit, run in zip(self.units, runs, strict=True) if run[i]]
+            if not active:
                 return unet(x, t, cond)
-            down, mid = self.controlnet(
-                x[:, :channels],  # (k B, C, h, w): an inpainting U-Net's extra channels are not the ControlNet's
-                t,
-                encoder_hidden_states=cond.context,
-                controlnet_cond=self.image.repeat(x.shape[0], 1, 1, 1),  # (k B, 3, H, W): every row the same
-                conditioning_scale=self.scale,
-                added_cond_kwargs=cond.added_cond_kwargs,
-                return_dict=False,
-            )
+            latents = x[:, :channels]  # (k B, C, h, w): an inpainting U-Net's extra channels are not a ControlNet's
+            down, mid = active[0].residuals(latents, t, cond)
+            for unit in active[1:]:  # summed as MultiControlNetModel sums them
+                more_down, more_mid = unit.residuals(latents, t, cond)
+                down = [a + b for a, b in zip(down, more_down, strict=True)]
+                mid = mid + more_mid
             return unet(x, t, cond, down_block_additional_residuals=down, mid_block_additional_residual=mid)
 
         return controlled
 
 
 def prepare_control(model: Model, recipe: Recipe, width: int, height: int) -> Control | None:
-    """The recipe's ControlNet for images of width x height, None without one."""
-    if recipe.control_image is None or model.controlnet is None:
+    """The recipe's ControlNets for images of width x height, None without any."""
+    if not recipe.control_nets:
         return None
-    pixels = control_pixels(Path(recipe.control_image), width, height)
-    image = pixels.to(model.device, model.controlnet.dtype)
-    return Control(model.controlnet, image, recipe.control_scale, recipe.control_start, recipe.control_end)
+    units = []
+    for loaded, unit in zip(model.controlnets, recipe.controls, strict=True):
+        pixels = control_pixels(Path(unit.image), width, height)
+        image = pixels.to(model.device, loaded.network.dtype)
+        units.append(Unit(loaded.network, image, unit.scale, unit.start, unit.end))
+    return Control(tuple(units))

@@ -26,7 +26,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from sdcli import __version__
 from sdcli.errors import UsageError
-from sdcli.recipe import RECORD_FIELDS, ImageRecord, Recipe, declared, parse_text
+from sdcli.recipe import RECORD_FIELDS, SETTINGS, ImageRecord, Recipe, declared, parse_text
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +52,25 @@ def _unquote(text: str) -> str:
     return text
 
 
+def _numbered(key: str, params: dict[str, str]) -> list[str]:
+    """The keys a numbered infotext key (`ControlNet {i}`) stands for in `params`: i = 0, 1, ... while present."""
+    keys = []
+    while key.format(i=len(keys)) in params:
+        keys.append(key.format(i=len(keys)))
+    return keys
+
+
 def infotext(record: ImageRecord) -> str:
     """The `parameters` text of AUTOMATIC1111 for one image: the prompts, then every setting declared with an
-    infotext key, in declaration order."""
+    infotext key, in declaration order (a numbered key, `ControlNet {i}`, once per value its writer gives)."""
     params = {}
     for f, spec in declared(Recipe):
         if spec.infotext is not None:
             write = spec.infotext.write or (lambda r, name=f.name: getattr(r, name))
             value = write(record)
-            if value is not None:
+            if value is not None and "{i}" in spec.infotext.key:
+                params |= {spec.infotext.key.format(i=i): item for i, item in enumerate(value)}
+            elif value is not None:
                 params[spec.infotext.key] = value
     lines = [record.prompt]
     if record.negative_prompt:
@@ -90,11 +100,16 @@ def settings_from_infotext(text: str) -> dict[str, Any]:
     params = parse_infotext(text)
     settings: dict[str, Any] = {"prompt": params["Prompt"], "negative_prompt": params["Negative prompt"]}
     for f, spec in declared(Recipe):
-        if spec.infotext is None or spec.infotext.key not in params:
+        numbered = spec.infotext is not None and "{i}" in spec.infotext.key
+        if spec.infotext is None or not (
+            _numbered(spec.infotext.key, params) if numbered else spec.infotext.key in params
+        ):
             continue
         if spec.infotext.read_if is not None and not spec.infotext.read_if(params):
             continue
-        value = params[spec.infotext.key]
+        value = (
+            tuple(params[k] for k in _numbered(spec.infotext.key, params)) if numbered else params[spec.infotext.key]
+        )
         try:
             settings |= spec.infotext.read(value) if spec.infotext.read else {f.name: parse_text(f.name, value)}
         except ValueError as error:
@@ -193,6 +208,8 @@ def check_made_with(path: Path, recipe: Recipe) -> None:
     stored, wanted = settings_from_png(path), asdict(recipe)
     for key in MADE_WITH:
         want = list(wanted[key]) if isinstance(wanted.get(key), tuple) else wanted.get(key)  # as JSON stores it
+        if want == [] and (SETTINGS[key][1].one_for_all or SETTINGS[key][1].hash_of):
+            want = None  # the defaults, or hashes the record fills in
         if want is not None and key in stored and stored[key] != want:
             raise UsageError(f"{path} exists but was made with {key} {stored[key]!r}, not {want!r}; pass --overwrite "
                              "to remake it, or use another --out-dir")  # fmt: skip

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from sdcli.shapes.world import BACKGROUNDS, COLOURS, IMAGE_SIZE, SHAPES, SIZE_RANGE
+from sdcli.shapes.world import BACKGROUNDS, COLOURS, IMAGE_SIZE, LORA_COLOURS, SHAPES, SIZE_RANGE
 
 MIN_DISTANCE = 60.0  # RGB distance from the background beyond which a pixel belongs to the shape
 MIN_PIXELS = 30  # fewer shape pixels than this: no shape
 SIZE_BINS = ("small", "medium", "large")  # thirds of the world's size range
 POSITION_BINS = {"x": ("left", "middle", "right"), "y": ("top", "middle", "bottom")}  # thirds of the image
 NO_SHAPE = "none"  # what `read_out` reads where the judge sees no shape
+PALETTE = {**COLOURS, **LORA_COLOURS}  # the colours it tells apart: the world's and those its LoRAs teach
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def judge(image: np.ndarray) -> Verdict:
     background = _nearest(BACKGROUNDS, background_rgb)
     if mask.sum() < MIN_PIXELS:
         return Verdict(shape=None, colour=None, background=background)
-    colour = _nearest(COLOURS, np.median(pixels[mask], axis=0))
+    colour = _nearest(PALETTE, np.median(pixels[mask], axis=0))
     x0, x1, y0, y1 = _box(mask)
     fill = mask[y0 : y1 + 1, x0 : x1 + 1].mean()
     shape = "triangle" if fill < 0.65 else "circle" if fill < 0.89 else "square"
@@ -125,7 +126,7 @@ def named_attributes(prompt: str) -> dict[str, str]:
     named (the first word of its palette in the prompt). `a red circle on a white background` names all three."""
     words = re.findall(r"[a-z]+", prompt.lower())
     found: dict[str, str] = {}
-    for key, names in (("colour", COLOURS), ("shape", SHAPES), ("background", BACKGROUNDS)):
+    for key, names in (("colour", PALETTE), ("shape", SHAPES), ("background", BACKGROUNDS)):
         named = [word for word in words if word in names]
         if named:
             found[key] = named[0]

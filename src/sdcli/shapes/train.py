@@ -174,6 +174,29 @@ def noise_scheduler() -> DDPMScheduler:
     return DDPMScheduler(**{k: v for k, v in scheduler_config().items() if k not in skip})
 
 
+def token_ids(tokenizer, captions: list[str], device: torch.device) -> torch.Tensor:
+    """The captions' token ids, (B, 77), padded as the pipelines pad them."""
+    return tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids.to(device)
+
+
+def denoising_loss(unet, text_encoder, ids: torch.Tensor, x0: torch.Tensor, min_snr_gamma: float) -> torch.Tensor:
+    """The DDPM epsilon objective (Ho et al. 2020, L_simple) on clean latents x0 (B, C, h, w) captioned by ids
+    (B, 77): noise and timesteps drawn from the CPU generator (in that order), each image's squared error weighted by
+    Min-SNR-gamma (Hang et al. 2023)."""
+    forward_process = noise_scheduler()
+    alphas_cumprod = forward_process.alphas_cumprod.to(x0.device)  # (1000,)
+    eps = noise_like(x0)
+    t = torch.randint(0, 1000, (len(x0),)).to(x0.device)
+    x_t = forward_process.add_noise(x0, eps, t)
+    context = text_encoder(ids)[0]  # (B, 77, D)
+    eps_pred = unet(x_t, t, encoder_hidden_states=context).sample
+    snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+    weight = snr.clamp(max=min_snr_gamma) / snr  # Min-SNR-gamma for epsilon prediction
+    return (weight * (eps_pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
+
+
 def training_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -295,8 +318,6 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path, device: 
         weight_decay=1e-2,
     )
     base_lrs = [cfg.unet_lr, cfg.text_lr]
-    forward_process = noise_scheduler()
-    alphas_cumprod = forward_process.alphas_cumprod.to(device)  # (1000,)
     rng = np.random.default_rng(cfg.seed + 3)
     ckpt, start, earlier = work / "denoiser.pt", 0, 0.0  # earlier: seconds spent before a resume
     if ckpt.exists():
@@ -324,19 +345,9 @@ def train_denoiser(cfg: TrainConfig, data: dict, tokenizer, work: Path, device: 
             g["lr"] = base * warm * cool
         idx = torch.from_numpy(rng.integers(len(scenes), size=cfg.unet_batch))
         captions = [random_caption(scenes[i], rng) for i in idx.tolist()]
-        ids = tokenizer(
-            captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids.to(device)  # (B, 77)
         idx = idx.to(device)
         x0 = sample_posterior(mean[idx], std[idx]) * scale  # (B, 4, 16, 16)
-        eps = noise_like(x0)
-        t = torch.randint(0, 1000, (cfg.unet_batch,)).to(device)
-        x_t = forward_process.add_noise(x0, eps, t)
-        context = text_encoder(ids)[0]  # (B, 77, D)
-        eps_pred = unet(x_t, t, encoder_hidden_states=context).sample
-        snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
-        weight = snr.clamp(max=cfg.min_snr_gamma) / snr  # Min-SNR-gamma for epsilon prediction
-        loss = (weight * (eps_pred - eps).pow(2).mean(dim=(1, 2, 3))).mean()
+        loss = denoising_loss(unet, text_encoder, token_ids(tokenizer, captions, device), x0, cfg.min_snr_gamma)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet_params + text_params, 1.0)

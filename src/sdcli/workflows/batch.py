@@ -8,9 +8,14 @@
    init image's; its mask)
 3. plan: one stable name per image (line number, image index, seed, prompt); images already on disk are skipped,
    so a rerun resumes; the manifest is brought in line with the files on disk
-4. split the missing images between the processes of `accelerate launch` (contiguous shares, each image once)
-5. make each share with the generate loop, images of lines that differ only in their prompts and seeds batched
-   together up to `batch_size` per U-Net call; write each image atomically, then append its line to the manifest
+4. split the missing images between the executor's workers: the processes of `accelerate launch` (the local
+   executor: contiguous shares, each image once), or Ray actors (`sdcli.workflows.ray_executor`)
+5. make the images with the generate loop, images of lines that differ only in their prompts and seeds batched
+   together up to `batch_size` per U-Net call (`share_batches`, then `make_group`: the same for every executor);
+   write each image atomically, then append its line to the manifest
+
+An executor is the small plug of steps 2 and 4-5: it loads the model, checks lines against it, and turns a share of
+planned images into PNG bytes and rows; the writing, the manifest and resuming are this module's, whichever it is.
 
 An interruption loses at most the images in flight: images land by rename, and a manifest line is appended only
 after its image, so every line names an image on disk; the next run adds lines for images whose line was lost.
@@ -24,21 +29,21 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from accelerate import PartialState
 
-from sdcli.engine import batch_key, check, check_inputs, chunked, load_for, make_batched
+from sdcli.engine import batch_key, check, check_inputs, chunked, load_for, loading_all, make_batched
 from sdcli.errors import UsageError
 from sdcli.loading.components import Model
 from sdcli.output.console import image_progress
 from sdcli.output.files import check_output_path, image_name
 from sdcli.output.metadata import check_made_with, encode_png, settings_from_png
 from sdcli.output.writes import hold_folder, write_atomic
-from sdcli.recipe import SETTINGS, Recipe, Request, absolute_path, parse_text
+from sdcli.recipe import SETTINGS, Recipe, Request, parse_text, recorded_path
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +51,10 @@ MANIFEST = "manifest.jsonl"
 FORMATS = ("txt", "jsonl", "csv")
 # What a line may set: the recipe's settings but those that load the model, and the number of images; the rest
 # (model, VAE, device, dtype...) is one per run, given on the command line.
-PER_LINE = tuple(name for name, (_, spec) in SETTINGS.items() if spec.per_line and not spec.loads)
-ALIASES = {"neg": "negative_prompt", "n": "num_images"}  # the command line's short names
+PER_LINE = tuple(
+    name for name, (_, spec) in SETTINGS.items() if spec.per_line and (not spec.loads or spec.loads_union)
+)  # LoRAs: the model loads every line's files, each batch sets its line's weights (`engine.loading_all`)
+ALIASES = {"neg": "negative_prompt", "n": "num_images", "lora": "loras"}  # the command line's short names
 
 
 @dataclass(frozen=True)
@@ -155,11 +162,23 @@ def line_request(fields_: dict[str, Any], defaults: dict[str, Any], folder: Path
             raise UsageError(f"`{key}` applies to the whole batch; give it on the command line")
         if name not in PER_LINE:
             raise UsageError(f"unknown option `{key}` (a line can set: {', '.join(_line_names())})")
-        is_path = SETTINGS[name][1].path and isinstance(value, str) and value != ""  # others: the setting's check
-        settings[name] = absolute_path(value, folder) if is_path else value
+        settings[name] = _line_paths(name, value, folder) if SETTINGS[name][1].path else value
     if not isinstance(settings.get("prompt"), str):
         raise UsageError("no `prompt` (text) on this line")
     return Request.of(settings)
+
+
+def _line_paths(name: str, value: Any, folder: Path) -> Any:
+    """A file setting's value on a line, relative paths taken from `folder`: one file, or several (a list; one text
+    for a setting of several files is one of them). Anything else is left to the setting's check."""
+    field_, spec = SETTINGS[name]
+    if isinstance(value, str) and str(field_.type).startswith("tuple"):
+        value = (value,)
+    if isinstance(value, str) and value != "":
+        return recorded_path(spec, value, folder)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v != "" for v in value):
+        return tuple(recorded_path(spec, v, folder) for v in value)
+    return value
 
 
 def _line_names() -> list[str]:
@@ -311,11 +330,27 @@ def check_existing(planned: list[Planned]) -> None:
 def share_batches(share: list[Planned], size: int) -> Iterator[list[Planned]]:
     """A share's images in U-Net batches of up to `size`: images of lines that differ only in their prompts and
     seeds (equal `batch_key`) go together, in plan order; the groups come in the order of their first image."""
-    groups: dict[tuple[Recipe, int], list[Planned]] = {}
+    groups: dict[tuple, list[Planned]] = {}
     for image in share:
         groups.setdefault(batch_key(image.recipe), []).append(image)
     for group in groups.values():
         yield from chunked(group, size)
+
+
+@dataclass(frozen=True)
+class Made:
+    """An image made, ready to land: its PNG bytes (its settings inside) and its manifest row."""
+
+    png: bytes
+    row: dict[str, Any]
+
+
+def make_group(model: Model, images: list[Planned], batch_size: int) -> Iterator[Made]:
+    """The images of one group of `share_batches`, made with the generate loop: the one function every executor
+    calls (the local one in its process, Ray's in its workers), so that their bytes are the same."""
+    recipes = [image.recipe for image in images]
+    for image, generated in zip(images, make_batched(model, recipes, batch_size), strict=True):
+        yield Made(encode_png(generated.image, generated.record), generated.result(image.path))
 
 
 class Manifest:
@@ -331,6 +366,55 @@ class Manifest:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+# Executors.
+
+
+class Executor(Protocol):
+    """Where the images are made: a model loaded by each worker, lines checked against it, a share of the missing
+    images made. `is_main` is the process that resumes the folder and shows progress; `wait()` is a barrier between
+    the processes of one run."""
+
+    is_main: bool
+
+    def check(self, lines: list[Line]) -> tuple[list[Line], list[Invalid]]: ...
+
+    def share(self, pending: list[Planned]) -> list[Planned]: ...
+
+    def make(self, share: list[Planned], batch_size: int) -> Iterator[tuple[Planned, Made]]: ...
+
+    def wait(self) -> None: ...
+
+
+class Local:
+    """This process, one of several under `accelerate launch`: it loads the model, and makes its contiguous share
+    of the missing images."""
+
+    def __init__(self, request: Request) -> None:
+        self.model = load_for(request)
+        # On the CPU, accelerate forms a gloo group of the launched processes only when asked for a CPU state.
+        self.state = PartialState(cpu=self.model.device.type == "cpu")
+        self.is_main = self.state.is_main_process
+
+    def check(self, lines: list[Line]) -> tuple[list[Line], list[Invalid]]:
+        return check_for_model(lines, self.model)
+
+    def share(self, pending: list[Planned]) -> list[Planned]:
+        with self.state.split_between_processes(pending) as share:
+            return list(share)
+
+    def make(self, share: list[Planned], batch_size: int) -> Iterator[tuple[Planned, Made]]:
+        for images in share_batches(share, batch_size):
+            yield from zip(images, make_group(self.model, images, batch_size), strict=True)
+
+    def wait(self) -> None:
+        self.state.wait_for_everyone()
+
+
+def local(request: Request) -> AbstractContextManager[Executor]:
+    """The default executor: today's process (and its accelerate peers)."""
+    return nullcontext(Local(request))
 
 
 # The whole run.
@@ -355,10 +439,12 @@ def run(
     note: Callable[[str], None] | None = None,
     progress: bool = False,
     folder: Path = Path(),
+    executor: Callable[[Request], AbstractContextManager[Executor]] = local,
 ) -> BatchResult:
-    """Run the batch in this process (one of several under `accelerate launch`), the files its lines name taken
-    from `folder` (the batch file's) when relative; `on_image(path, row)` after each image lands; the main process
-    passes messages (skipped images) to `note(text)` and, with `progress`, shows a progress bar over its share."""
+    """Run the batch with `executor` (this process, one of several under `accelerate launch`, by default), the
+    files its lines name taken from `folder` (the batch file's) when relative; `on_image(path, row)` after each
+    image lands; the main process passes messages (skipped images) to `note(text)` and, with `progress`, shows a
+    progress bar over its share."""
     # 1. Read and check every line, and the folder's name, before any work.
     check_output_path(out_dir / MANIFEST)
     lines, invalid = read_lines(text, fmt, defaults, folder)
@@ -367,23 +453,20 @@ def run(
     refuse_or_skip(source, invalid, skip_invalid)
     if not lines:
         raise UsageError(f"{source}: no valid lines to make; fix the file")
-    # 2. Load the model once in this process; check every line against it.
-    model = load_for(lines[0].request)
-    lines, unmakeable = check_for_model(lines, model)
-    refuse_or_skip(source, unmakeable, skip_invalid)
-    if not lines:
-        raise UsageError(f"{source}: no valid lines to make; fix the file")
-    # On the CPU, accelerate forms a gloo group of the launched processes only when asked for a CPU state.
-    state = PartialState(cpu=model.device.type == "cpu")
-    planned = plan(lines, out_dir)
-    # One batch per folder: the main process holds it for the run; the other processes are of this same run.
-    with hold_folder(out_dir) if state.is_main_process else nullcontext():
-        return _resume_and_make(model, state, lines, planned, out_dir, overwrite, on_image, note, progress)
+    # 2. Load the model once per worker; check every line against it.
+    with executor(loading_all([line.request for line in lines])) as workers:
+        lines, unmakeable = workers.check(lines)
+        refuse_or_skip(source, unmakeable, skip_invalid)
+        if not lines:
+            raise UsageError(f"{source}: no valid lines to make; fix the file")
+        planned = plan(lines, out_dir)
+        # One batch per folder: the main process holds it for the run; the other processes are of this same run.
+        with hold_folder(out_dir) if workers.is_main else nullcontext():
+            return _resume_and_make(workers, lines, planned, out_dir, overwrite, on_image, note, progress)
 
 
 def _resume_and_make(
-    model: Any,
-    state: PartialState,
+    workers: Executor,
     lines: list[Line],
     planned: list[Planned],
     out_dir: Path,
@@ -394,40 +477,35 @@ def _resume_and_make(
 ) -> BatchResult:
     """Steps 3 to 5 of `run`, in the folder this run holds."""
     # 3. Resume: bring the folder and manifest in line with the files on disk (one process does it).
-    if state.is_main_process and out_dir.exists():
+    if workers.is_main and out_dir.exists():
         remove_partial_files(out_dir, planned)
         if not overwrite:
             check_existing(planned)
         reconcile_manifest(out_dir, planned)
-    state.wait_for_everyone()
+    workers.wait()
     pending = planned if overwrite else [image for image in planned if not image.path.exists()]
-    state.wait_for_everyone()  # every process has seen the same folder before any image lands
-    if note is not None and state.is_main_process:
+    workers.wait()  # every process has seen the same folder before any image lands
+    if note is not None and workers.is_main:
         skipped = len(planned) - len(pending)
         if skipped:
             note(f"skipped {skipped} of {len(planned)} images already in {out_dir}")
     # 4. This process's share.
-    with state.split_between_processes(pending) as share:
-        share = list(share)
+    share = workers.share(pending)
     made = 0
     manifest = Manifest(out_dir)
     try:
-        with image_progress(progress and state.is_main_process, len(share)) as advance:
+        with image_progress(progress and workers.is_main, len(share)) as advance:
             # 5. Make, write, record.
-            batch_size = lines[0].request.run.batch_size
-            for images in share_batches(share, batch_size):
-                recipes = [image.recipe for image in images]
-                for image, generated in zip(images, make_batched(model, recipes, batch_size), strict=True):
-                    write_atomic(image.path, encode_png(generated.image, generated.record), overwrite)
-                    row = generated.result(image.path)
-                    manifest.append(row)
-                    made += 1
-                    advance(1)
-                    if on_image is not None:
-                        on_image(image.path, row)
+            for image, result in workers.make(share, lines[0].request.run.batch_size):
+                write_atomic(image.path, result.png, overwrite)
+                manifest.append(result.row)
+                made += 1
+                advance(1)
+                if on_image is not None:
+                    on_image(image.path, result.row)
     finally:
         manifest.close()
-    state.wait_for_everyone()
-    if state.is_main_process:
+    workers.wait()
+    if workers.is_main:
         reconcile_manifest(out_dir, planned)  # one line per image, in plan order, whichever process made it
     return BatchResult(planned=len(planned), skipped=len(planned) - len(pending), made=made)

@@ -31,9 +31,10 @@ from sdcli.output.files import check_paths
 from sdcli.output.metadata import check_made_with, encode_png
 from sdcli.output.sheets import contact_sheet, xy_plot
 from sdcli.output.writes import write_atomic
-from sdcli.recipe import MAX_IMAGES, MAX_SEED, Recipe, Request
+from sdcli.recipe import MAX_IMAGES, MAX_SEED, Recipe, Request, lora_name, parse_lora
 from sdcli.sampling.loop import StepCallback
 from sdcli.sampling.samplers import NAMES as SAMPLER_NAMES
+from sdcli.text.lora_tags import read_tags
 from sdcli.workflows.distribution import (
     K_NEAREST,
     DistributionScores,
@@ -49,6 +50,7 @@ MAX_CELLS = MAX_IMAGES  # a sweep's images, seeds x scales x axis values: as man
 COLUMNS = {"cfg": "cfg", "classifier_scale": "classifier-scale"}
 METHOD = "method"  # the axis of guidance methods, each its settings over the base recipe (`method_settings`)
 METHODS = ("cfg", "apg", "cfgpp", "pag")
+LORA_WEIGHT = "lora_weight"  # the axis of the first --lora's weights (`lora_weight_settings`)
 DEFAULT_PAG_SCALE = 3.0  # a pag row's S without --pag-scale: diffusers' StableDiffusionPAGPipeline's default
 
 
@@ -71,6 +73,22 @@ def method_settings(method: str, base: Recipe) -> dict:
                              f"give --sampler {bases}")  # fmt: skip
         return {**plain, "sampler": cfg_pp}
     return plain
+
+
+def lora_weight_settings(weight: float, base: Recipe) -> dict:
+    """The settings of a LoRA weight over the sweep's base recipe: its first --lora at that weight (the files load
+    once; each row sets its weight)."""
+    if not base.loras:
+        raise UsageError("--lora-weights sweeps the weight of the first --lora; add --lora PATH (or NAME)")
+    reference = parse_lora(base.loras[0])[0]
+    if lora_name(reference) in dict(read_tags(base.prompt).loras):
+        raise UsageError(f"the prompt's <lora:{lora_name(reference)}> tag sets the weight --lora-weights sweeps; "
+                         "leave the tag out of the prompt")  # fmt: skip
+    return {"loras": (f"{reference}:{weight!r}", *base.loras[1:])}
+
+
+# The axes whose values are settings of their own over the base recipe; any other axis is a Recipe field.
+ROW_SETTINGS: dict[str, Callable[[object, Recipe], dict]] = {METHOD: method_settings, LORA_WEIGHT: lora_weight_settings}
 
 
 def parse_numbers(spec: str, option: str) -> tuple[float, ...]:
@@ -135,7 +153,7 @@ class Sweep:
     base: Request  # its column setting, seed and num_images are replaced per cell
     scales: tuple[float, ...]  # the columns
     seeds: tuple[int, ...]
-    axis: str | None = None  # a Recipe field swept as rows beside the seeds ("sampler", "neg_scale"), METHOD, or none
+    axis: str | None = None  # a Recipe field swept as rows beside the seeds ("sampler"), one of ROW_SETTINGS, or none
     axis_values: tuple = ()
     column: str = "cfg"  # the guidance scale the columns sweep: one of COLUMNS
     # axis values whose columns have scales of their own (cfgpp's lambdas), as (value, scales) with one per column
@@ -165,10 +183,11 @@ class Sweep:
         return self.axis_values if self.axis is not None else (None,)
 
     def row_settings(self, value: object) -> dict:
-        """The settings an axis value sets: its field's, or a guidance method's; none without an axis."""
+        """The settings an axis value sets: its field's, or a guidance method's or LoRA weight's; none without an
+        axis."""
         if self.axis is None:
             return {}
-        return method_settings(value, self.base.recipe) if self.axis == METHOD else {self.axis: value}
+        return ROW_SETTINGS[self.axis](value, self.base.recipe) if self.axis in ROW_SETTINGS else {self.axis: value}
 
     def scales_of(self, value: object) -> tuple[float, ...]:
         """The column scales of an axis value's rows: its own (cfgpp's lambdas), else the sweep's."""
@@ -264,7 +283,7 @@ Scorer = Callable[[list[Image.Image], str], list[float]]
 def named_text(recipe: Recipe) -> str:
     """What the images are asked to show, as text: the prompt, then the labels classifier guidance steers to."""
     targets = [label for _, _, label in (item.partition("=") for item in (recipe.classifier or "").split(","))]
-    return " ".join([recipe.prompt, *targets])
+    return " ".join([read_tags(recipe.prompt).text, *targets])
 
 
 def make_scorer(judge: Judge | None, recipe: Recipe) -> tuple[str | None, Scorer | None]:
