@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch goes in first and on its own, so pip never resolves a multi-GB CUDA build here.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install test test-slow lint docs demo bench bench-cpu bench-gpu shapes-model shapes-classifier clean
+.PHONY: install test test-slow lint docs demo bench bench-cpu bench-gpu shapes-model shapes-classifier shapes-lora clean
 
 install: $(VENV)/.installed
 
@@ -52,6 +52,14 @@ shapes-model: install
 
 shapes-classifier: install  # needs runs/shapes/latents.pt from shapes-model
 	$(BIN)/python -m sdcli.shapes.train_classifier --work-dir runs/shapes --out src/sdcli/models/shapes/classifier
+
+# After shapes-model: widen its VAE to colours the world never draws (the shipped VAE is widened already), then
+# train the pink LoRA and measure it. Seeded; each stage checkpoints to runs/ and a rerun continues.
+shapes-lora: install
+	$(BIN)/python -m sdcli.shapes.widen_vae --model src/sdcli/models/shapes --work-dir runs/widen-vae
+	$(BIN)/python -m sdcli.shapes.train_lora --colour pink=255,128,192 --work-dir runs/pink \
+		--out src/sdcli/models/shapes/loras/pink.safetensors
+	$(BIN)/python -m sdcli.shapes.measure_lora --lora pink --colour pink
 
 clean:
 	rm -rf $(VENV) outputs build src/*.egg-info

@@ -92,3 +92,16 @@ def test_word_tokenizer_gives_one_token_per_world_word(tmp_path):
 def test_learned_merges_build_each_word():
     merges = learn_merges(["green", "red", "reed"])
     assert {"".join(m) for m in merges} >= {"green</w>", "red</w>", "reed</w>"}
+
+
+def test_the_judge_and_the_reference_world_know_the_colours_loras_teach():
+    from sdcli.shapes.judge import named_attributes
+    from sdcli.shapes.world import LORA_COLOURS, random_scene_given
+
+    rng = np.random.default_rng(3)
+    for colour in LORA_COLOURS:
+        fixed = named_attributes(f"a {colour} circle")
+        assert fixed == {"colour": colour, "shape": "circle"}
+        for _ in range(20):
+            scene = random_scene_given(rng, fixed)
+            assert judge(render(scene)).colour == colour

@@ -67,7 +67,7 @@ def chosen_loras(recipe: Recipe) -> list[Chosen]:
     chosen: list[Chosen] = []
     for i, text in enumerate(recipe.loras):
         reference, weight = parse_lora(text)
-        path = find_lora(reference, recipe, f"--lora {text}") if is_lora_name(text) else Path(reference)
+        path = find_lora(reference, recipe, f"--lora {text}") if is_lora_name(text) else Path(reference).resolve()
         sha256 = recipe.loras_sha256[i] if i < len(recipe.loras_sha256) else None
         if any(c.path == path for c in chosen):
             raise UsageError(f"--lora {path} is given twice; give each LoRA once, at the weight it should have")

@@ -15,14 +15,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from sdcli.shapes.world import BACKGROUNDS, COLOURS, IMAGE_SIZE, LORA_COLOURS, SHAPES, SIZE_RANGE
+from sdcli.shapes.world import BACKGROUNDS, IMAGE_SIZE, PALETTE, SHAPES, SIZE_RANGE
 
 MIN_DISTANCE = 60.0  # RGB distance from the background beyond which a pixel belongs to the shape
 MIN_PIXELS = 30  # fewer shape pixels than this: no shape
 SIZE_BINS = ("small", "medium", "large")  # thirds of the world's size range
 POSITION_BINS = {"x": ("left", "middle", "right"), "y": ("top", "middle", "bottom")}  # thirds of the image
 NO_SHAPE = "none"  # what `read_out` reads where the judge sees no shape
-PALETTE = {**COLOURS, **LORA_COLOURS}  # the colours it tells apart: the world's and those its LoRAs teach
 
 
 @dataclass(frozen=True)

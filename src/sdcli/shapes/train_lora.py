@@ -36,7 +36,7 @@ from sdcli.shapes.train import (
     save_checkpoint,
     token_ids,
 )
-from sdcli.shapes.world import COLOURS, random_caption, random_scene, render
+from sdcli.shapes.world import PALETTE, random_caption, random_scene, render
 
 UNET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
 TEXT_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -104,7 +104,7 @@ def load_adapter_state(module: torch.nn.Module, state: dict[str, torch.Tensor]) 
 def batch_of_scenes(rng: np.random.Generator, cfg: LoraTrainConfig) -> tuple[torch.Tensor, list[str]]:
     """A batch of scenes, (B, 3, 64, 64) in [-1, 1], and a caption for each: `new_share` of them in the new
     colour."""
-    palette = {**COLOURS, cfg.colour: cfg.rgb}
+    palette = {**PALETTE, cfg.colour: cfg.rgb}
     scenes = [random_scene(rng) for _ in range(cfg.batch)]
     scenes = [s if rng.random() >= cfg.new_share else replace(s, colour=cfg.colour) for s in scenes]
     images = np.stack([render(s, palette) for s in scenes])  # (B, 64, 64, 3) uint8

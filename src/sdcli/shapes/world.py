@@ -23,6 +23,7 @@ COLOURS = {
 }
 # Colours the base model never saw, which a LoRA teaches it (`sdcli.shapes.train_lora`); the judge knows them too.
 LORA_COLOURS = {"pink": (255, 128, 192)}
+PALETTE = {**COLOURS, **LORA_COLOURS}  # every colour a scene may be drawn in (the world draws COLOURS' alone)
 BACKGROUNDS = {"white": (245, 245, 245), "black": (20, 20, 20), "gray": (128, 128, 128)}
 SIZE_RANGE = (0.35, 0.70)  # shape size as a fraction of the image side
 WORDS = ("a", "on", "shape", "background", *SHAPES, *COLOURS, *BACKGROUNDS)
@@ -79,8 +80,8 @@ def shape_mask(scene: Scene) -> np.ndarray:
     return (depth >= 0) & (depth <= scene.size) & (np.abs(dx) <= depth / 2)
 
 
-def render(scene: Scene, palette: Mapping[str, tuple[int, int, int]] = COLOURS) -> np.ndarray:
-    """(64, 64, 3) uint8 image of the scene, its shape's colour from `palette` (a LoRA's adds colours)."""
+def render(scene: Scene, palette: Mapping[str, tuple[int, int, int]] = PALETTE) -> np.ndarray:
+    """(64, 64, 3) uint8 image of the scene, its shape's colour from `palette`."""
     image = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     image[:] = BACKGROUNDS[scene.background]
     image[shape_mask(scene)] = palette[scene.colour]

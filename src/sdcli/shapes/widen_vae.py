@@ -1,0 +1,115 @@
+"""Widen the shapes model's VAE to colours its world never draws, keeping its latents of the world's scenes.
+
+The VAE trained on the six colours of the world learned a palette rather than a codec: a shape of another colour
+(pink, 255, 128, 192) encodes to nearly the latents of the orange one and decodes as orange, so no change to the
+U-Net or the text encoder (a LoRA) could make it draw pink. This fine-tunes the VAE on scenes of any colour (half of
+them random RGB or the colours the LoRAs teach, half the world's own) with the world's scenes held to the original
+encoder's posterior (its mean and log-variance) and to the original decoder's pixels from it (distillation terms),
+so that the U-Net, trained on those latents, draws what it drew, and the decoder learns to draw the other colours
+from the latents the encoder gives them.
+
+    python -m sdcli.shapes.widen_vae --model src/sdcli/models/shapes --work-dir runs/widen-vae
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+from sdcli.shapes.train import load_checkpoint, log, resume, sample_posterior, save_checkpoint
+from sdcli.shapes.world import COLOURS, LORA_COLOURS, random_scene, render
+
+
+@dataclass(frozen=True)
+class WidenConfig:
+    seed: int = 0
+    steps: int = 600
+    batch: int = 16
+    lr: float = 4e-4
+    new_share: float = 0.5  # the share of each batch in colours the world does not draw
+    keep_weight: float = 10.0  # the world's scenes: squared distance to the original encoder's moments...
+    keep_pixels_weight: float = 1.0  # ...and to the original decoder's pixels from them
+    kl_weight: float = 1e-6
+    checkpoint_every: int = 100
+
+
+def scenes_of_any_colour(rng: np.random.Generator, cfg: WidenConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch (B, 3, 64, 64) in [-1, 1] and which of its scenes are the world's own (B,) bool: the rest in a
+    random RGB colour or, as often, one a LoRA teaches."""
+    images, own = [], []
+    for _ in range(cfg.batch):
+        scene, is_own = random_scene(rng), rng.random() >= cfg.new_share
+        palette = COLOURS
+        if not is_own:
+            names = list(LORA_COLOURS)
+            if rng.random() < 0.5:
+                colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+            else:
+                colour = LORA_COLOURS[names[rng.integers(len(names))]]
+            palette, scene = {"new": colour}, replace(scene, colour="new")
+        images.append(render(scene, palette))
+        own.append(is_own)
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return x, torch.tensor(own)
+
+
+def widen(model: Path, work: Path, cfg: WidenConfig) -> None:
+    """Fine-tune `model`'s VAE (a diffusers folder's `vae/`) in place, from checkpoints in `work`."""
+    original = AutoencoderKL.from_pretrained(model / "vae").eval().requires_grad_(False)
+    vae = copy.deepcopy(original).train().requires_grad_(True)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    rng = np.random.default_rng(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "vae.pt"
+    start = resume(ckpt, vae, opt, rng, "widen-vae")
+    for step in range(start, cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # a cosine to zero
+        x, own = scenes_of_any_colour(rng, cfg)  # (B, 3, 64, 64), (B,)
+        moments = vae.quant_conv(vae.encoder(x))  # (B, 8, 16, 16): mean and log-variance
+        posterior = DiagonalGaussianDistribution(moments)
+        recon = vae.decode(sample_posterior(posterior.mean, posterior.std)).sample
+        keep = keep_pixels = moments.sum() * 0
+        if own.any():  # the world's scenes: the original encoder's moments, and its decoder's pixels from them
+            with torch.no_grad():
+                kept = original.quant_conv(original.encoder(x[own]))  # (b, 8, 16, 16)
+                drawn = original.decode(kept[:, :4]).sample  # (b, 3, 64, 64)
+            keep = F.mse_loss(moments[own], kept)
+            keep_pixels = F.mse_loss(vae.decode(kept[:, :4]).sample, drawn)
+        loss = F.mse_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        loss = loss + cfg.keep_weight * keep + cfg.keep_pixels_weight * keep_pixels
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % 25 == 0:
+            log(f"widen-vae step {step + 1}/{cfg.steps} loss {loss.item():.4f} keep {keep.item():.5f}")
+        if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
+            save_checkpoint(ckpt, model=vae.state_dict(), opt=opt.state_dict(), rng=rng.bit_generator.state,
+                            step=step + 1, torch_rng=torch.get_rng_state())  # fmt: skip
+    vae = vae.eval()
+    vae.load_state_dict(load_checkpoint(ckpt)["model"])
+    vae.save_pretrained(model / "vae", safe_serialization=True)
+    log(f"saved the widened VAE to {model / 'vae'}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sdcli.shapes.widen_vae", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, required=True, help="the shapes model's diffusers folder (rewritten)")
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/widen-vae"), help="checkpoints, resumed from")
+    parser.add_argument("--steps", type=int, default=WidenConfig.steps)
+    args = parser.parse_args(argv)
+    widen(args.model, args.work_dir, WidenConfig(steps=args.steps))
+
+
+if __name__ == "__main__":
+    main()
