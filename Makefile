@@ -53,8 +53,8 @@ shapes-model: install
 shapes-classifier: install  # needs runs/shapes/latents.pt from shapes-model
 	$(BIN)/python -m sdcli.shapes.train_classifier --work-dir runs/shapes --out src/sdcli/models/shapes/classifier
 
-# After shapes-model: widen its VAE to colours the world never draws (the shipped VAE is widened already), then
-# train the pink LoRA and measure it. Seeded; each stage checkpoints to runs/ and a rerun continues.
+# Widen the built-in model's VAE in place to colours its world never draws (this changes the base model: see the
+# README's figures), train the pink LoRA over it and measure it. Seeded; each stage checkpoints to runs/.
 shapes-lora: install
 	$(BIN)/python -m sdcli.shapes.widen_vae --model src/sdcli/models/shapes --work-dir runs/widen-vae
 	$(BIN)/python -m sdcli.shapes.train_lora --colour pink=255,128,192 --work-dir runs/pink \
