@@ -418,7 +418,7 @@ def check_same_recipe(work: Path, cfg: TrainConfig) -> None:
     if not path.exists():
         return
     before, now = json.loads(path.read_text()), json.loads(json.dumps(asdict(cfg)))
-    changed = [k for k in now if not k.endswith(("_steps", "_every")) and before.get(k) != now[k]]
+    changed = [k for k in now if k != "steps" and not k.endswith(("_steps", "_every")) and before.get(k) != now[k]]
     if changed:
         what = ", ".join(f"{k} {before.get(k)} -> {now[k]}" for k in changed)
         raise UsageError(

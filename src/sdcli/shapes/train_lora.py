@@ -29,6 +29,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from sdcli.errors import UsageError
 from sdcli.shapes.train import (
+    check_same_recipe,
     denoising_loss,
     load_checkpoint,
     log,
@@ -125,24 +126,11 @@ def kohya_state_dict(parts: Parts, cfg: LoraTrainConfig) -> dict[str, torch.Tens
     return tensors
 
 
-def check_same_settings(work: Path, cfg: LoraTrainConfig) -> None:
-    """A work folder continues only the run that began it: the step count may grow, nothing else may change."""
-    path = work / "config.json"
-    if path.exists():
-        before, now = json.loads(path.read_text()), json.loads(json.dumps(asdict(cfg)))
-        changed = [k for k in now if k not in ("steps", "checkpoint_every") and before.get(k) != now[k]]
-        if changed:
-            raise UsageError(
-                f"{work} holds a LoRA run with other settings ({', '.join(changed)}); continue it with them or give "
-                "a new --work-dir"
-            )
-    work.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
-
-
 def train_lora(model: Path, out: Path, work: Path, cfg: LoraTrainConfig) -> None:
     """Train the LoRA over `model` (a diffusers folder of the shapes model) and write it to `out`."""
-    check_same_settings(work, cfg)
+    check_same_recipe(work, cfg)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     parts = load_parts(model)
     params = add_adapters(parts, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
-from sdcli.shapes.train import load_checkpoint, log, resume, sample_posterior, save_checkpoint
+from sdcli.shapes.train import checkpoint, load_checkpoint, log, resume, sample_posterior
 from sdcli.shapes.world import COLOURS, LORA_COLOURS, random_scene, render
 
 
@@ -94,8 +94,7 @@ def widen(model: Path, work: Path, cfg: WidenConfig) -> None:
         if (step + 1) % 25 == 0:
             log(f"widen-vae step {step + 1}/{cfg.steps} loss {loss.item():.4f} keep {keep.item():.5f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-            save_checkpoint(ckpt, model=vae.state_dict(), opt=opt.state_dict(), rng=rng.bit_generator.state,
-                            step=step + 1, torch_rng=torch.get_rng_state())  # fmt: skip
+            checkpoint(ckpt, vae, opt, rng, step + 1)
     vae = vae.eval()
     vae.load_state_dict(load_checkpoint(ckpt)["model"])
     vae.save_pretrained(model / "vae", safe_serialization=True)
