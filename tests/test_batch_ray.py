@@ -165,6 +165,27 @@ def test_a_stopped_driver_resumes_with_the_same_command(tiny_model: Path, tmp_pa
     assert [row["path"] for row in manifest(out)] == sorted(images(out)) and len(images(out)) == 16
 
 
+def test_workers_the_cluster_cannot_hold(tiny_model: Path, tmp_path: Path, ray_env):
+    """On 2 CPUs and no GPU: a worker asking a GPU is refused at once (Ray would wait for it forever), one line and
+    nothing written; 3 workers of one CPU are a warning, the 2 that fit make every image."""
+    import ray
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red circle\na blue square\na green triangle\n")
+    common = [str(prompts), "-m", str(tiny_model), *FAST, "--executor", "ray"]
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _temp_dir=os.environ["RAY_TMPDIR"])
+    try:
+        gpu = run("batch", *common, "--gpus-per-worker", "1", "--out-dir", str(tmp_path / "gpu"))
+        three = run("batch", *common, "--workers", "3", "--out-dir", str(tmp_path / "three"))
+    finally:
+        ray.shutdown()
+    assert gpu.exit_code == 2 and gpu.stderr.count("\n") == 1, gpu.stderr
+    assert "--gpus-per-worker 1: the Ray cluster has 0 GPUs in all" in gpu.stderr
+    assert not list((tmp_path / "gpu").glob("*.png"))
+    assert three.exit_code == 0, three.stderr
+    assert "--workers 3: the cluster holds 2 now" in three.stderr and len(images(tmp_path / "three")) == 3
+
+
 def test_an_unreachable_address_is_a_one_line_error_soon(tiny_model: Path, tmp_path: Path, ray_env):
     (tmp_path / "p.txt").write_text("a cat\n")
     start = time.monotonic()

@@ -191,12 +191,19 @@ def _connect(address: str) -> None:
 
 def _sizes(workers: int | None, gpus: float | None, cpus: float) -> tuple[int, float]:
     """(workers, GPUs per worker): by default a GPU each when the cluster has GPUs, and as many workers as its
-    GPUs (else its CPUs) hold, at least one."""
+    GPUs (else its CPUs) hold, at least one. A worker larger than the whole cluster is refused (Ray would wait for
+    it forever); more workers than fit now start as the cluster frees or grows, the others working meanwhile."""
     resources = ray.cluster_resources()
     if gpus is None:
         gpus = 1.0 if resources.get("GPU", 0) > 0 else 0.0
+    for name, each, option in (("GPU", gpus, "--gpus-per-worker"), ("CPU", cpus, "--cpus-per-worker")):
+        if each > resources.get(name, 0):
+            raise UsageError(f"{option} {each:g}: the Ray cluster has {resources.get(name, 0):g} {name}s in all; "
+                             f"give {option} {resources.get(name, 0):g} or less, or add nodes")  # fmt: skip
     each, name = (gpus, "GPU") if gpus > 0 else (cpus, "CPU")
     fits = int(resources.get(name, 0) // each) if each > 0 else 1
+    if workers and workers > fits:
+        log.warning("--workers %d: the cluster holds %d now; the others start when it has room", workers, fits)
     return workers or max(1, fits), gpus
 
 
