@@ -3,15 +3,18 @@ checkpoint, and holds the world's scenes to the original posterior."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from diffusers import AutoencoderKL
 
+from sdcli.errors import UsageError
 from sdcli.loading.references import builtin_root
-from sdcli.shapes.widen_vae import WidenConfig, scenes_of_any_colour, widen
+from sdcli.shapes.widen_vae import WidenConfig, reconstructions_judged_right, scenes_of_any_colour, widen
 from sdcli.shapes.world import render
 
 
@@ -24,6 +27,7 @@ def test_a_batch_mixes_the_world_s_scenes_and_other_colours():
 def test_widening_rewrites_the_vae_resumes_and_keeps_the_world_s_latents(tmp_path: Path):
     model = tmp_path / "shapes"
     shutil.copytree(builtin_root() / "shapes", model)
+    (model / "vae" / "widened.json").unlink(missing_ok=True)  # as train-shapes leaves it
     config = WidenConfig(steps=2, batch=2)
     widen(model, tmp_path / "work", config)
     two = AutoencoderKL.from_pretrained(model / "vae")
@@ -39,3 +43,24 @@ def test_widening_rewrites_the_vae_resumes_and_keeps_the_world_s_latents(tmp_pat
     with torch.no_grad():
         drift = (three.encode(x).latent_dist.mean - original.encode(x).latent_dist.mean).abs().max()
     assert drift < 0.5  # three steps at a small learning rate stay near the original posterior
+
+
+def test_a_widened_vae_is_not_widened_again(tmp_path: Path):
+    """Done, the model's VAE is marked: widening it again from nothing (another work folder) is refused, as it would
+    hold the world to the widened VAE rather than the one its U-Net was trained on; the same work folder resumes."""
+    model = tmp_path / "shapes"
+    shutil.copytree(builtin_root() / "shapes", model)
+    (model / "vae" / "widened.json").unlink(missing_ok=True)
+    widen(model, tmp_path / "work", WidenConfig(steps=1, batch=2))
+    assert json.loads((model / "vae" / "widened.json").read_text())["steps"] == 1
+    with pytest.raises(UsageError, match="is widened already"):
+        widen(model, tmp_path / "other", WidenConfig(steps=1, batch=2))
+    widen(model, tmp_path / "work", WidenConfig(steps=1, batch=2))  # at its last step: the same VAE again
+
+
+def test_the_built_in_vae_gives_back_the_world_but_not_pink():
+    """Why widening exists: the built-in VAE learned the world's six colours as a palette. Its reconstructions of
+    the world's scenes keep their colour; of pink scenes, none do (they come back orange or yellow)."""
+    vae = AutoencoderKL.from_pretrained(builtin_root() / "shapes" / "vae").eval()
+    assert reconstructions_judged_right(vae, None, scenes=16) >= 15
+    assert reconstructions_judged_right(vae, "pink", scenes=16) == 0

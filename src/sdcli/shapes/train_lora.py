@@ -51,7 +51,7 @@ class LoraTrainConfig:
     seed: int = 0
     rank: int = 4
     alpha: float = 4.0
-    steps: int = 800
+    steps: int = 1200
     batch: int = 32
     lr: float = 1e-3
     new_share: float = 0.5  # the share of each batch that shows the new colour
@@ -195,8 +195,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="shapes", help="the shapes model to train over (default: the built-in)")
     parser.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/lora"), help="checkpoints, resumed from")
-    for name, default in (("steps", 800), ("batch", 32), ("rank", 4), ("seed", 0)):
-        parser.add_argument(f"--{name}", type=int, default=default)
+    defaults = LoraTrainConfig("", (0, 0, 0))
+    for name in ("steps", "batch", "rank", "seed"):
+        parser.add_argument(f"--{name}", type=int, default=getattr(defaults, name))
     args = parser.parse_args(argv)
     (colour, rgb), found = args.colour, resolve_model(args.model)
     if not isinstance(found, ModelFolder):
