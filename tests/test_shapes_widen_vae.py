@@ -14,12 +14,12 @@ from diffusers import AutoencoderKL
 
 from sdcli.errors import UsageError
 from sdcli.loading.references import builtin_root
-from sdcli.shapes.widen_vae import WidenConfig, reconstructions_judged_right, scenes_of_any_colour, widen
+from sdcli.shapes.widen_vae import WidenConfig, reconstructions_judged_right, widen, world_and_new_scenes
 from sdcli.shapes.world import render
 
 
 def test_a_batch_mixes_the_world_s_scenes_and_other_colours():
-    x, own = scenes_of_any_colour(np.random.default_rng(0), WidenConfig(batch=64))
+    x, own = world_and_new_scenes(np.random.default_rng(0), WidenConfig(batch=64))
     assert x.shape == (64, 3, 64, 64) and 10 < int(own.sum()) < 54
     assert x.min() >= -1 and x.max() <= 1
 

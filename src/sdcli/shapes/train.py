@@ -18,6 +18,7 @@ import math
 import pickle
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, astuple, dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from sdcli.errors import UsageError
 from sdcli.shapes.tokenizer import write_word_tokenizer
-from sdcli.shapes.world import WORDS, Scene, random_caption, random_scene, render
+from sdcli.shapes.world import PALETTE, WORDS, Scene, random_caption, random_scene, render
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,16 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def scenes_to_x(scenes: list[Scene], palette: Mapping[str, tuple[int, int, int]] = PALETTE) -> torch.Tensor:
+    """The scenes rendered as a model's input: (n, 3, 64, 64) in [-1, 1]."""
+    images = np.stack([render(s, palette) for s in scenes])  # (n, 64, 64, 3) uint8
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 def render_batch(rng: np.random.Generator, n: int):
     """n random scenes and their images, (n, 3, 64, 64) in [-1, 1]."""
     scenes = [random_scene(rng) for _ in range(n)]
-    images = np.stack([render(s) for s in scenes])  # (n, 64, 64, 3) uint8
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return scenes, x
+    return scenes, scenes_to_x(scenes)
 
 
 def build_vae(cfg: TrainConfig) -> AutoencoderKL:

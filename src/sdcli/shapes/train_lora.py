@@ -35,9 +35,10 @@ from sdcli.shapes.train import (
     log,
     sample_posterior,
     save_checkpoint,
+    scenes_to_x,
     token_ids,
 )
-from sdcli.shapes.world import PALETTE, random_caption, random_scene, render
+from sdcli.shapes.world import PALETTE, random_caption, random_scene
 
 UNET_MODULES = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
 TEXT_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -108,9 +109,8 @@ def batch_of_scenes(rng: np.random.Generator, cfg: LoraTrainConfig) -> tuple[tor
     palette = {**PALETTE, cfg.colour: cfg.rgb}
     scenes = [random_scene(rng) for _ in range(cfg.batch)]
     scenes = [s if rng.random() >= cfg.new_share else replace(s, colour=cfg.colour) for s in scenes]
-    images = np.stack([render(s, palette) for s in scenes])  # (B, 64, 64, 3) uint8
     captions = [random_caption(s, rng) for s in scenes]
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0, captions
+    return scenes_to_x(scenes, palette), captions
 
 
 def kohya_state_dict(parts: Parts, cfg: LoraTrainConfig) -> dict[str, torch.Tensor]:

@@ -29,8 +29,8 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 
 from sdcli.errors import UsageError
 from sdcli.shapes.judge import judge
-from sdcli.shapes.train import checkpoint, load_checkpoint, log, noise_like, resume, sample_posterior
-from sdcli.shapes.world import COLOURS, LORA_COLOURS, random_scene, render
+from sdcli.shapes.train import checkpoint, log, noise_like, resume, sample_posterior, scenes_to_x
+from sdcli.shapes.world import LORA_COLOURS, random_scene
 
 
 @dataclass(frozen=True)
@@ -47,20 +47,15 @@ class WidenConfig:
     checkpoint_every: int = 100
 
 
-def scenes_of_any_colour(rng: np.random.Generator, cfg: WidenConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def world_and_new_scenes(rng: np.random.Generator, cfg: WidenConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch (B, 3, 64, 64) in [-1, 1] and which of its scenes are the world's own (B,) bool: the rest in a colour
     a LoRA teaches."""
-    images, own = [], []
+    scenes, own, names = [], [], list(LORA_COLOURS)
     for _ in range(cfg.batch):
         scene, is_own = random_scene(rng), rng.random() >= cfg.new_share
-        palette = COLOURS
-        if not is_own:
-            names = list(LORA_COLOURS)
-            palette, scene = LORA_COLOURS, replace(scene, colour=names[rng.integers(len(names))])
-        images.append(render(scene, palette))
+        scenes.append(scene if is_own else replace(scene, colour=names[rng.integers(len(names))]))
         own.append(is_own)
-    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x, torch.tensor(own)
+    return scenes_to_x(scenes), torch.tensor(own)
 
 
 def widen(model: Path, work: Path, cfg: WidenConfig) -> None:
@@ -81,7 +76,7 @@ def widen(model: Path, work: Path, cfg: WidenConfig) -> None:
     for step in range(start, cfg.steps):
         for group in opt.param_groups:
             group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))  # a cosine to zero
-        x, own = scenes_of_any_colour(rng, cfg)  # (B, 3, 64, 64), (B,)
+        x, own = world_and_new_scenes(rng, cfg)  # (B, 3, 64, 64), (B,)
         moments = vae.quant_conv(vae.encoder(x))  # (B, 8, 16, 16): mean and log-variance
         posterior = DiagonalGaussianDistribution(moments)
         recon = vae.decode(sample_posterior(posterior.mean, posterior.std)).sample
@@ -103,9 +98,7 @@ def widen(model: Path, work: Path, cfg: WidenConfig) -> None:
             log(f"widen-vae step {step + 1}/{cfg.steps} loss {loss.item():.4f} keep {keep.item():.5f}")
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
             checkpoint(ckpt, vae, opt, rng, step + 1)
-    vae = vae.eval()
-    vae.load_state_dict(load_checkpoint(ckpt)["model"])
-    vae.save_pretrained(model / "vae", safe_serialization=True)
+    vae.eval().save_pretrained(model / "vae", safe_serialization=True)  # trained, or resumed at its last step
     marker.write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     log(f"saved the widened VAE to {model / 'vae'}")
 
@@ -116,7 +109,7 @@ def reconstructions_judged_right(vae: AutoencoderKL, colour: str | None, scenes:
     rng = np.random.default_rng(seed)
     drawn = [random_scene(rng) for _ in range(scenes)]
     drawn = [replace(scene, colour=colour) for scene in drawn] if colour else drawn
-    x = torch.from_numpy(np.stack([render(scene) for scene in drawn])).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    x = scenes_to_x(drawn)  # (N, 3, 64, 64)
     with torch.no_grad():
         decoded = vae.decode(vae.encode(x).latent_dist.mean).sample  # (N, 3, 64, 64)
     pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()  # (N, 64, 64, 3)
