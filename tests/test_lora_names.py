@@ -180,6 +180,25 @@ def test_batch_lines_of_other_weights_are_the_images_of_separate_runs(tiny_model
     ]
 
 
+def test_a_batch_rerun_with_other_loras_keeps_nothing_and_says_so(tiny_model: Path, lora_dir: Path, tmp_path: Path):
+    lines, out = tmp_path / "lines.jsonl", tmp_path / "batch"
+    style = lora_dir / "style.safetensors"
+
+    def run(line: dict):
+        lines.write_text(json.dumps(line) + "\n")
+        return cli("batch", str(lines), "-m", str(tiny_model), *FAST, "--lora-dir", str(lora_dir), "--out-dir", str(out))
+
+    assert run({"prompt": "a red circle", "lora": "style:0.8"}).exit_code == 0
+    made = {path: path.read_bytes() for path in out.glob("*.png")}
+    assert run({"prompt": "a red circle", "lora": "style:0.8"}).exit_code == 0  # the same run: resumed, kept
+    for changed in ({"prompt": "a red circle", "lora": "style:0.5"}, {"prompt": "a red circle", "lora": "style"},
+                    {"prompt": "a red circle"}, {"prompt": "a red circle", "lora": "detail:0.8"}):  # fmt: skip
+        result = run(changed)
+        assert result.exit_code == 2 and f"made with {style}:0.8, not " in result.output, (changed, result.output)
+        assert "--overwrite" in result.output
+    assert {path: path.read_bytes() for path in out.glob("*.png")} == made
+
+
 def test_sweep_lora_weights_are_rows_over_the_guidance_columns(tiny_model: Path, lora_dir: Path, tmp_path: Path):
     out = tmp_path / "sweep"
     result = cli("sweep-guidance", "a red circle", "-m", str(tiny_model), "--steps", "2", "--sampler", "euler",

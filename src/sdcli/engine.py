@@ -38,7 +38,7 @@ from sdcli.loading.controlnet import check_controlnets, load_controlnets
 from sdcli.loading.devices import DTYPE_NAMES, memory_of, resolve_device, resolve_dtype
 from sdcli.loading.embeddings import embedding_files, read_embeddings
 from sdcli.loading.geometry import check_size
-from sdcli.loading.lora_names import chosen_loras, union
+from sdcli.loading.lora_names import chosen_loras, recorded_loras, union
 from sdcli.loading.loras import read_loras, set_lora_weights
 from sdcli.loading.references import resolve_model, resolve_vae
 from sdcli.modes.controlnet import IMAGE_OPTION as CONTROL_IMAGE_OPTION
@@ -290,7 +290,7 @@ def _record(model: Model, recipe: Recipe, width: int, height: int) -> ImageRecor
         "embeddings": tuple(str(embedding.path) for embedding in model.embeddings),  # the folder's files too
         "embeddings_sha256": tuple(embedding.sha256 for embedding in model.embeddings),
         "embedding_dir": None,
-        "loras": tuple(f"{chosen.path}:{chosen.weight!r}" for chosen in loras),  # its prompt tags' files too
+        "loras": recorded_loras(recipe),  # its prompt tags' files too
         "loras_sha256": tuple(sha256[chosen.path] for chosen in loras),
         "lora_dir": None,
         "classifier_scale": recipe.resolved_classifier_scale,

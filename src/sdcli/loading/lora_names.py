@@ -81,6 +81,11 @@ def chosen_loras(recipe: Recipe) -> list[Chosen]:
     return chosen
 
 
+def recorded_loras(recipe: Recipe) -> tuple[str, ...]:
+    """The recipe's LoRAs as an image's record lists them: `PATH:WEIGHT`, each file resolved, its tags' too."""
+    return tuple(f"{chosen.path}:{chosen.weight!r}" for chosen in chosen_loras(recipe))
+
+
 def union(recipes: Sequence[Recipe]) -> list[Chosen]:
     """Every file the recipes ask for, once each, in the order first asked for (weights: the first asker's)."""
     files: dict[Path, Chosen] = {}

@@ -202,10 +202,14 @@ def settings_from_png(path: Path) -> dict[str, Any]:
 MADE_WITH = tuple(f.name for f, spec in declared(Recipe) if not spec.loads)
 
 
-def check_made_with(path: Path, recipe: Recipe) -> None:
+def check_made_with(path: Path, recipe: Recipe, loras: tuple[str, ...]) -> None:
     """The image at `path`, kept by a rerun, must have been made with `recipe`'s settings, or the run would mix
-    two runs' images."""
+    two runs' images: those MADE_WITH names, and the LoRA files and weights `loras` (as the record lists them)."""
     stored, wanted = settings_from_png(path), asdict(recipe)
+    if "loras" in stored and stored["loras"] != list(loras):
+        made = ", ".join(stored["loras"]) or "no LoRA"
+        raise UsageError(f"{path} exists but was made with {made}, not {', '.join(loras) or 'no LoRA'}; pass "
+                         "--overwrite to remake it, or use another --out-dir")  # fmt: skip
     for key in MADE_WITH:
         want = list(wanted[key]) if isinstance(wanted.get(key), tuple) else wanted.get(key)  # as JSON stores it
         if want == [] and (SETTINGS[key][1].one_for_all or SETTINGS[key][1].hash_of):

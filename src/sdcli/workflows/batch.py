@@ -39,6 +39,7 @@ from accelerate import PartialState
 from sdcli.engine import batch_key, check, check_inputs, chunked, load_for, loading_all, make_batched
 from sdcli.errors import UsageError
 from sdcli.loading.components import Model
+from sdcli.loading.lora_names import recorded_loras
 from sdcli.output.console import image_progress
 from sdcli.output.files import check_output_path, image_name
 from sdcli.output.metadata import check_made_with, encode_png, settings_from_png
@@ -324,7 +325,7 @@ def check_existing(planned: list[Planned]) -> None:
     """An image already on disk must have been made from the same settings, or resuming would mix two runs."""
     for image in planned:
         if image.path.exists():
-            check_made_with(image.path, image.recipe)
+            check_made_with(image.path, image.recipe, recorded_loras(image.recipe))
 
 
 def share_batches(share: list[Planned], size: int) -> Iterator[list[Planned]]:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from sdcli.engine import check_inputs, load_for, make_images
 from sdcli.errors import UsageError
+from sdcli.loading.lora_names import recorded_loras
 from sdcli.output.files import check_paths
 from sdcli.output.metadata import check_made_with, encode_png
 from sdcli.output.sheets import contact_sheet, xy_plot
@@ -344,7 +345,8 @@ def kept_cells(sweep: Sweep, out_dir: Path, overwrite: bool) -> frozenset[Path]:
         return frozenset()
     done = [path for path in cells if path.exists()]
     for path in done:  # in plan order, so that the error names the first
-        check_made_with(path, sweep.cell_recipe(*cells[path]))
+        recipe = sweep.cell_recipe(*cells[path])
+        check_made_with(path, recipe, recorded_loras(recipe))
     if not done:
         check_paths(reports, overwrite)
     return frozenset(done)
