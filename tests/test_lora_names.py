@@ -186,7 +186,8 @@ def test_a_batch_rerun_with_other_loras_keeps_nothing_and_says_so(tiny_model: Pa
 
     def run(line: dict):
         lines.write_text(json.dumps(line) + "\n")
-        return cli("batch", str(lines), "-m", str(tiny_model), *FAST, "--lora-dir", str(lora_dir), "--out-dir", str(out))
+        return cli("batch", str(lines), "-m", str(tiny_model), *FAST, "--lora-dir", str(lora_dir), "--out-dir",
+                   str(out))  # fmt: skip
 
     assert run({"prompt": "a red circle", "lora": "style:0.8"}).exit_code == 0
     made = {path: path.read_bytes() for path in out.glob("*.png")}
