@@ -4,6 +4,7 @@ record and the replay, and the inputs refused."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -33,6 +34,13 @@ from sdcli.sampling.samplers import get_sampler
 
 STEPS = 4
 SIZE = (24, 16)  # (width, height): not square, and not the control image's size, so it is resized
+
+
+def short_hash(folder: Path) -> str:
+    """AUTOMATIC1111's old model hash of a ControlNet folder's weights, as its ControlNet extension writes it after
+    the model's name: sha256 of the 64 KiB at offset 1 MiB, first 8 hex digits."""
+    data = (folder / "diffusion_pytorch_model.safetensors").read_bytes()
+    return hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
 
 
 def build_controlnet(unet: UNet2DConditionModel, folder: Path, seed: int = 0) -> Path:
@@ -202,8 +210,8 @@ def test_the_command_line_records_the_controlnet_and_replays_it(
     assert (row["control_scales"], row["control_starts"], row["control_ends"]) == ([0.8], [0.0], [0.75])
     with Image.open(out) as image:
         assert (
-            'ControlNet 0: "Module: none, Model: tiny-controlnet, Weight: 0.8, Resize Mode: Just Resize, '
-            'Guidance Start: 0, Guidance End: 0.75, Control Mode: Balanced"'
+            f'ControlNet 0: "Module: none, Model: tiny-controlnet [{short_hash(tiny_controlnet)}], Weight: 0.8, '
+            'Resize Mode: Just Resize, Guidance Start: 0, Guidance End: 0.75, Control Mode: Balanced"'
         ) in image.text["parameters"]
     replay = run("generate", "--from", str(out), "-o", str(again))
     assert replay.exit_code == 0, replay.stderr
@@ -425,13 +433,14 @@ def test_two_controlnets_on_the_command_line_are_recorded_and_replayed(
     with Image.open(out) as image:
         text = image.text["parameters"]
     assert (
-        'ControlNet 0: "Module: none, Model: tiny-controlnet, Weight: 0.8, Resize Mode: Just Resize, '
-        'Guidance Start: 0.25, Guidance End: 1, Control Mode: Balanced", '
-        'ControlNet 1: "Module: none, Model: second-controlnet, Weight: 0.5, Resize Mode: Just Resize, '
-        'Guidance Start: 0.25, Guidance End: 1, Control Mode: Balanced"'
+        f'ControlNet 0: "Module: none, Model: tiny-controlnet [{short_hash(tiny_controlnet)}], Weight: 0.8, '
+        'Resize Mode: Just Resize, Guidance Start: 0.25, Guidance End: 1, Control Mode: Balanced", '
+        f'ControlNet 1: "Module: none, Model: second-controlnet [{short_hash(second_controlnet)}], Weight: 0.5, '
+        'Resize Mode: Just Resize, Guidance Start: 0.25, Guidance End: 1, Control Mode: Balanced"'
     ) in text
     params = parse_infotext(text)
-    for i, (name, weight) in enumerate((("tiny-controlnet", 0.8), ("second-controlnet", 0.5))):
+    names = (f"tiny-controlnet [{short_hash(tiny_controlnet)}]", f"second-controlnet [{short_hash(second_controlnet)}]")
+    for i, (name, weight) in enumerate(zip(names, (0.8, 0.5), strict=True)):
         # as the extension's parse_unit reads a unit: items split at "," and ": "
         unit = dict(item.strip().split(": ") for item in params[f"ControlNet {i}"].split(","))
         assert (unit["Model"], float(unit["Weight"]), float(unit["Guidance Start"])) == (name, weight, 0.25)

@@ -16,6 +16,7 @@ declarations, so a new recorded setting is one declaration here plus its use in 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import re
@@ -170,14 +171,30 @@ def _unit_name(reference: str) -> str:
     return name.translate(str.maketrans("", "", ":,"))
 
 
+def _short_hash(reference: str) -> str:
+    """AUTOMATIC1111's old short hash of a model file, which its ControlNet extension writes after the model's name
+    (`control_v11p_sd15_canny [d14c016b]`): the first 8 hex digits of the sha256 of the 64 KiB at 1 MiB into the
+    file (a folder's: its diffusers weights file). Empty when there is no such file to read."""
+    path = Path(reference)
+    path = path / "diffusion_pytorch_model.safetensors" if path.is_dir() else path
+    try:
+        with path.open("rb") as file:
+            file.seek(0x100000)
+            return hashlib.sha256(file.read(0x10000)).hexdigest()[:8]
+    except OSError:
+        return ""
+
+
 def _controlnet_units(record: Any) -> tuple[str, ...] | None:
     """AUTOMATIC1111's ControlNet extension's units (`ControlNet 0`, `ControlNet 1`, ...), one per --control-net:
-    no preprocessor (the image is given ready), the model's name, the weight, a plain resize to the output size,
-    and the share of the steps it runs over."""
+    no preprocessor (the image is given ready), the model's name and short hash, the weight, a plain resize to the
+    output size, and the share of the steps it runs over."""
+    models = [(_unit_name(unit.net), _short_hash(unit.net)) for unit in record.controls]
     units = tuple(
-        f"Module: none, Model: {_unit_name(unit.net)}, Weight: {unit.scale:g}, Resize Mode: Just Resize, "
+        f"Module: none, Model: {name}{f' [{short}]' if short else ''}, Weight: {unit.scale:g}, "
+        "Resize Mode: Just Resize, "
         f"Guidance Start: {unit.start:g}, Guidance End: {unit.end:g}, Control Mode: Balanced"
-        for unit in record.controls
+        for unit, (name, short) in zip(record.controls, models, strict=True)
     )
     return units or None
 
