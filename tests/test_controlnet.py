@@ -222,6 +222,46 @@ def test_the_command_line_records_the_controlnet_and_replays_it(
     assert not (tmp_path / "a.png").exists()
 
 
+def write_record(path: Path, record: dict, pixels: np.ndarray) -> None:
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("sdcli", json.dumps(record))
+    Image.fromarray(pixels).save(path, pnginfo=info)
+
+
+def test_a_record_of_one_controlnet_under_the_old_singular_names_replays_it(
+    tiny_model: Path, tiny_controlnet: Path, control_image: Path, tmp_path: Path
+):
+    out, old, again = tmp_path / "out.png", tmp_path / "old.png", tmp_path / "again.png"
+    result = run("generate", PROMPT, "-m", str(tiny_model), "--control-net", str(tiny_controlnet),
+                 "--control-image", str(control_image), "--control-scale", "0.8", "--control-start", "0.25",
+                 "--steps", "4", "--seed", "3", "--width", "24", "--height", "16", "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    with Image.open(out) as image:
+        record = json.loads(image.text["sdcli"])
+        pixels = np.asarray(image.convert("RGB"))
+    renamed = {"control_nets": "control_net", "control_images": "control_image", "control_scales": "control_scale",
+               "control_starts": "control_start", "control_ends": "control_end",
+               "control_images_sha256": "control_image_sha256"}  # fmt: skip
+    for plural, singular in renamed.items():
+        (record[singular],) = record.pop(plural)
+    del record["control_nets_sha256"]
+    write_record(old, record, pixels)
+    replay = run("generate", "--from", str(old), "-o", str(again))
+    assert replay.exit_code == 0, replay.stderr
+    assert "ignoring" not in replay.stderr
+    with Image.open(again) as image:
+        assert np.array_equal(np.asarray(image.convert("RGB")), pixels)
+    assert settings_from_png(again)["control_scales"] == [0.8] and settings_from_png(again)["control_starts"] == [0.25]
+    # A record of no ControlNet (control_net null beside the singular defaults) replays as none, without a warning.
+    record = {key: value for key, value in record.items() if not key.startswith("control_")}
+    record |= {"control_net": None, "control_image": None, "control_scale": 1.0, "control_start": 0.0,
+               "control_end": 1.0}  # fmt: skip
+    write_record(tmp_path / "none.png", record, pixels)
+    assert "control_nets" not in settings_from_png(tmp_path / "none.png")
+
+
 def test_without_a_controlnet_no_controlnet_is_written(tiny_model: Path, tmp_path: Path):
     out = tmp_path / "out.png"
     result = run("generate", "x", "-m", str(tiny_model), "--steps", "2", "-o", str(out))

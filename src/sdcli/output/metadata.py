@@ -178,6 +178,20 @@ def _too_much(path: Path, what: str) -> UsageError:
                       "per chunk); give a PNG written by sdcli")  # fmt: skip
 
 
+# Records written before ControlNets came in groups held one, under singular names: read as a group of one.
+_SINGULAR = {"control_net": "control_nets", "control_image": "control_images", "control_scale": "control_scales",
+             "control_start": "control_starts", "control_end": "control_ends",
+             "control_image_sha256": "control_images_sha256"}  # fmt: skip
+
+
+def _groups_of_one(stored: dict[str, Any]) -> dict[str, Any]:
+    """`stored` with an old record's singular ControlNet settings as the lists of one that hold them now (none when
+    it ran no ControlNet)."""
+    ran = stored.get("control_net") is not None
+    plural = {new: [stored[old]] for old, new in _SINGULAR.items() if ran and stored.get(old) is not None}
+    return {key: value for key, value in stored.items() if key not in _SINGULAR} | plural
+
+
 def settings_from_png(path: Path) -> dict[str, Any]:
     """The settings that made the image at `path`: its `sdcli` chunk, else its AUTOMATIC1111 infotext."""
     chunks = read_chunks(path)
@@ -188,6 +202,7 @@ def settings_from_png(path: Path) -> dict[str, Any]:
             raise UsageError(f"{path}: its sdcli chunk is not JSON; replay it from the options instead") from None
         if not isinstance(stored, dict):
             raise UsageError(f"{path}: its sdcli chunk is not a JSON object; replay it from the options instead")
+        stored = _groups_of_one(stored)
         unknown = sorted(set(stored) - set(RECORD_FIELDS) - {"version"})
         if unknown:
             log.warning("%s: ignoring settings this sdcli does not know: %s", path, ", ".join(unknown))
