@@ -206,7 +206,9 @@ def test_the_command_line_records_the_controlnet_and_replays_it(
     assert result.exit_code == 0, result.stderr
     row = json.loads(result.stdout)
     assert row["control_nets"] == [str(tiny_controlnet.resolve())] and row["control_images"] == [str(copy.resolve())]
-    assert len(row["control_images_sha256"][0]) == 64 and row["control_nets_sha256"] == [""]  # a folder: no hash
+    weights = tiny_controlnet / "diffusion_pytorch_model.safetensors"
+    assert row["control_nets_sha256"] == [hashlib.sha256(weights.read_bytes()).hexdigest()]  # the folder's weights
+    assert len(row["control_images_sha256"][0]) == 64
     assert (row["control_scales"], row["control_starts"], row["control_ends"]) == ([0.8], [0.0], [0.75])
     with Image.open(out) as image:
         assert (
@@ -219,6 +221,22 @@ def test_the_command_line_records_the_controlnet_and_replays_it(
     # The control image changed since: refused, naming it.
     Image.new("RGB", (30, 20), "white").save(copy)
     refused(run("generate", "--from", str(out), "-o", str(tmp_path / "a.png")), 2, "--control-image", "sha256")
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_a_controlnet_folder_whose_weights_changed_is_refused_on_replay(
+    tiny_model: Path, tiny_controlnet: Path, second_controlnet: Path, control_image: Path, tmp_path: Path
+):
+    import shutil
+
+    net, out = tmp_path / "net", tmp_path / "out.png"
+    shutil.copytree(tiny_controlnet, net)
+    result = run("generate", PROMPT, "-m", str(tiny_model), "--control-net", str(net), "--control-image",
+                 str(control_image), "--steps", "2", "--width", "24", "--height", "16", "-o", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    weights = "diffusion_pytorch_model.safetensors"
+    (net / weights).write_bytes((second_controlnet / weights).read_bytes())  # retrained in place, as it were
+    refused(run("generate", "--from", str(out), "-o", str(tmp_path / "a.png")), 2, "--control-net", "sha256")
     assert not (tmp_path / "a.png").exists()
 
 

@@ -624,7 +624,7 @@ class Recipe:
     )
     control_nets_sha256: tuple[str, ...] = setting(
         (),
-        "The ControlNets' sha256s (a single file's; a folder's is empty): a replay refuses a changed file.",
+        "The ControlNets' sha256s (a single file's, a folder's weights file's): a replay refuses a changed file.",
         flags=None,
         hash_of="control_nets",
         loads=True,

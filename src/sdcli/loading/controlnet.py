@@ -23,7 +23,7 @@ from diffusers import ControlNetModel, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
 from sdcli.errors import Failure, UsageError, reason
-from sdcli.loading.checkpoints import Tensors, check_adapter_file, read_checkpoint
+from sdcli.loading.checkpoints import Tensors, check_adapter_file, check_sha256, read_checkpoint, sha256_of
 from sdcli.loading.single_file import fill
 
 OPTION = "--control-net"
@@ -38,13 +38,14 @@ _HINT, _HINT_DIFFUSERS = "input_hint_block.", "controlnet_cond_embedding."
 @dataclass(frozen=True)
 class LoadedControlNet:
     reference: str  # as the recipe names it: an absolute folder or file path
-    sha256: str  # a single file's ("" for a folder: its weights are checked by diffusers)
+    sha256: str  # a single file's, or a folder's weights file's ("" for a folder of other weights files)
     network: ControlNetModel
 
 
 def check_controlnet(reference: str, allow_pickle: bool = False, recorded_sha256: str | None = None) -> str:
     """Before the model loads: `reference` is a diffusers ControlNet folder, or a file sdcli reads (a pickle only
-    with --allow-pickle) that a replay recorded; its sha256 ("" for a folder)."""
+    with --allow-pickle), that a replay recorded; its sha256 (a folder's: its `diffusion_pytorch_model.safetensors`'s,
+    "" for a folder of other weights files, which diffusers checks as it loads them)."""
     path = Path(reference).expanduser().resolve()
     if path.is_file():
         return check_adapter_file(path, OPTION, "a ControlNet file", allow_pickle, recorded_sha256)
@@ -58,7 +59,12 @@ def check_controlnet(reference: str, allow_pickle: bool = False, recorded_sha256
     if kind != "ControlNetModel":
         what = kind or "model of no known class"
         raise UsageError(f"{OPTION} {reference} holds a {what}, not a ControlNet; pass {_KIND}")
-    return ""
+    weights = path / "diffusion_pytorch_model.safetensors"
+    if not weights.is_file():
+        return ""
+    sha256 = sha256_of(weights)
+    check_sha256(weights, OPTION, recorded_sha256, sha256)
+    return sha256
 
 
 def check_fits(controlnet: ControlNetModel, unet: UNet2DConditionModel, reference: str) -> None:
