@@ -164,6 +164,29 @@ def test_the_controlnet_changes_the_image_and_scale_0_is_without_it(
     )
 
 
+def test_the_hires_fix_runs_the_controlnet_in_both_passes_its_image_at_each_size(
+    loaded: Model, controlled: Model, tiny_controlnet: Path, control_image: Path
+):
+    seen: list[tuple[int, ...]] = []  # the control image's shape at each ControlNet call
+    network = controlled.controlnets[0].network
+    hook = network.register_forward_pre_hook(lambda _, a, kw: seen.append(tuple(kw["controlnet_cond"].shape)),
+                                             with_kwargs=True)  # fmt: skip
+    hires = {"hires_scale": 2.0, "hires_steps": 4, "hires_strength": 0.5}  # the second pass: 2 of 4 steps
+    try:
+        with_net = ours(controlled, tiny_controlnet, control_image, cfg=1.0, **hires)
+    finally:
+        hook.remove()
+    height, width = SIZE[1], SIZE[0]
+    assert seen == [(1, 3, height, width)] * STEPS + [(1, 3, 2 * height, 2 * width)] * 2
+    assert with_net.shape == (2 * height, 2 * width, 3)
+    plain = make_request(PROMPT, seed=SEED, steps=STEPS, sampler="euler", width=width, height=height, cfg=1.0, **hires)
+    (without,) = make_images(loaded, plain)
+    assert max_difference(with_net, np.asarray(without.image)) > 20
+    assert np.array_equal(  # scale 0 in both passes: bit for bit the hires fix without it
+        ours(controlled, tiny_controlnet, control_image, cfg=1.0, control_scale=0.0, **hires), np.asarray(without.image)
+    )
+
+
 def test_pag_with_controlnet_matches_diffusers(tiny_model: Path, tiny_controlnet: Path, controlled: Model,
                                                control_image: Path):  # fmt: skip
     controlnet = ControlNetModel.from_pretrained(tiny_controlnet)
@@ -310,7 +333,6 @@ def other_family_controlnet(tiny_model: Path, tmp_path_factory: pytest.TempPathF
         ("other family", 2, ["another model family", "cross-attention width"]),
         ("scale alone", 2, ["--control-scale", "--control-net"]),
         ("start after end", 2, ["--control-start", "--control-end"]),
-        ("hires", 2, ["--hires-scale", "--control-net"]),
     ],
 )
 def test_bad_controlnet_input(tiny_model: Path, tiny_controlnet: Path, other_family_controlnet: Path,
@@ -342,8 +364,6 @@ def test_bad_controlnet_input(tiny_model: Path, tiny_controlnet: Path, other_fam
         net, image, more = [], [], ["--control-scale", "0.5"]
     elif case == "start after end":
         more = ["--control-start", "0.6", "--control-end", "0.5"]
-    elif case == "hires":
-        more = ["--hires-scale", "2"]
     out = tmp_path / "out"
     refused(run("generate", "x", "-m", str(tiny_model), *net, *image, *more, "--steps", "2", "--out-dir", str(out)),
             code, *words)  # fmt: skip

@@ -368,10 +368,18 @@ def make_batched(
         context = GuidanceContext(denoiser, branches, settings, scheduler.alphas_cumprod, model)
         on_first_step = progress(batch_index, 0, calls)
         latents = denoise(guided_predictor(context), schedule, x_start, generators, on_first_step, after_step)
-        if hires is not None:  # 5b. The hires fix: upscaled, denoised again.
+        evaluations = denoiser.evaluations
+        if hires is not None:  # 5b. The hires fix: upscaled, denoised again, the ControlNets' images at its size.
             size = hires_size(width, height, settings.hires.scale, model.latent_scale)
+            hires_unet = unet_denoiser(model.unet)
+            if control is not None:
+                hires_control = prepare_control(model, settings, *size)
+                hires_unet = hires_control.denoiser(hires_unet, hires.timesteps, model.latent_channels)
+            hires_denoiser = CountedDenoiser(hires_unet)
             on_hires_step = progress(batch_index, len(schedule.timesteps), calls)
-            latents = hires_fix(model, hires, context, latents, generators, size, on_hires_step)
+            hires_context = replace(context, denoiser=hires_denoiser)
+            latents = hires_fix(model, hires, hires_context, latents, generators, size, on_hires_step)
+            evaluations += hires_denoiser.evaluations
         # 6. Decode.
         pictures = to_pil(decode(model.vae, latents))
         if inpainting is not None:
@@ -379,7 +387,7 @@ def make_batched(
         seconds = (time.perf_counter() - start) / len(batch)
         for recipe, image in zip(batch_recipes, pictures, strict=True):
             record = _record(model, recipe, width, height)
-            yield Generated(record, image, seconds, denoiser.evaluations // len(batch))
+            yield Generated(record, image, seconds, evaluations // len(batch))
 
 
 def make_images(model: Model, request: Request, on_step: StepCallback | None = None) -> Iterator[Generated]:

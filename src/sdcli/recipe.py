@@ -888,7 +888,7 @@ class Recipe:
         self._check_cfg_pp()
 
     def _check_control(self) -> None:
-        """Each ControlNet starts before it ends, and runs in one pass only (its group's counts: `check_groups`)."""
+        """Each ControlNet starts before it ends (its group's counts: `check_groups`)."""
         for i, unit in enumerate(self.controls):
             if unit.start >= unit.end:
                 which = f" (of --control-net {i + 1})" if len(self.control_nets) > 1 else ""
@@ -896,10 +896,6 @@ class Recipe:
                     f"--control-start {unit.start:g} must be below --control-end {unit.end:g}{which}; for example "
                     "--control-start 0 --control-end 0.8"
                 )
-        if self.control_nets and self.hires_scale is not None:
-            raise UsageError(
-                "the hires fix's second pass does not run the ControlNet yet; leave out --hires-scale or --control-net"
-            )
 
     def _check_apg(self) -> None:
         """APG's settings are APG's, and it combines one unconditional branch (replace mode)."""
