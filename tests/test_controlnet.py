@@ -22,7 +22,7 @@ from diffusers import (
 from PIL import Image
 from test_bad_input import refused
 from test_oracle import PROMPT, SEED, TOLERANCE, max_difference
-from tiny_sd import build_tiny_sd, make_request
+from tiny_sd import build_tiny_sd, build_tiny_sdxl, make_request
 from typer.testing import CliRunner
 
 from sdcli.cli import app
@@ -162,6 +162,29 @@ def test_the_controlnet_changes_the_image_and_scale_0_is_without_it(
     assert np.array_equal(
         ours(controlled, tiny_controlnet, control_image, control_scale=0.0), np.asarray(without.image)
     )
+
+
+@pytest.mark.parametrize("cfg", [7.5, 1.0])
+def test_sdxl_matches_diffusers_sdxl_controlnet_pipeline(tmp_path_factory: pytest.TempPathFactory, control_image: Path,
+                                                         cfg: float):  # fmt: skip
+    from diffusers import StableDiffusionXLControlNetPipeline
+
+    root = tmp_path_factory.mktemp("sdxl-controlnet")
+    folder = build_tiny_sdxl(root / "sdxl")
+    net = build_controlnet(UNet2DConditionModel.from_pretrained(folder, subfolder="unet"), root / "cn")
+    pipe = StableDiffusionXLControlNetPipeline.from_pretrained(
+        folder, controlnet=ControlNetModel.from_pretrained(net), add_watermarker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    want = oracle_image(pipe, "euler", control_image, guidance_scale=cfg, controlnet_conditioning_scale=0.8,
+                        control_guidance_end=0.75)  # fmt: skip
+    model = load_for(make_request(PROMPT, model=str(folder), control_nets=(str(net),),
+                                  control_images=(str(control_image),)))  # fmt: skip
+    got = ours(model, net, control_image, cfg=cfg, control_scale=0.8, control_end=0.75)
+    plain = ours(model, net, control_image, cfg=cfg, control_scale=0.0)
+    assert got.shape == (SIZE[1], SIZE[0], 3) and want.std() > 5
+    assert max_difference(got, plain) > 10  # the ControlNet steers SDXL's U-Net...
+    assert max_difference(got, want) <= TOLERANCE  # ...as diffusers' SDXL ControlNet pipeline does
 
 
 def test_the_hires_fix_runs_the_controlnet_in_both_passes_its_image_at_each_size(
