@@ -6,7 +6,7 @@
 - Hires fix from 64 to 128 px: 128x128 images that the judge reads as the prompt (rescaled to 64) in at least 90%
   of 24 seeds.
 
-The figures each test measures are in its assertion message and in the README.
+The figures each test measures are in its assertion message, printed (`pytest -s`), and in the README.
 """
 
 from __future__ import annotations
@@ -64,6 +64,7 @@ def test_img2img_recolours_more_with_strength_and_keeps_the_shape_in_place(shape
         near = [c is not None and np.hypot(c[0] - x0, c[1] - y0) <= 6 for c in centres]
         kept[strength] = sum(near) / SEEDS
     measured = f"judged blue: {blue}; centre within 6 px: {kept}"
+    print(measured)
     shares = [blue[s] for s in sorted(blue)]
     assert shares == sorted(shares) and shares[0] < shares[-1], measured
     assert blue[0.7] >= 0.9 and kept[0.5] >= 0.9, measured
@@ -75,7 +76,9 @@ def test_hires_fix_doubles_the_size_and_keeps_the_prompt(shapes: Model):
     assert all(image.size == (128, 128) for image in images)
     verdicts = [judge(np.asarray(image.resize((64, 64), Image.Resampling.LANCZOS))) for image in images]
     right = sum((v.shape, v.colour, v.background) == ("circle", "red", "white") for v in verdicts) / SEEDS
-    assert right >= 0.9, f"judged a red circle on white: {right:.0%} of {SEEDS}"
+    measured = f"judged a red circle on white: {right:.0%} of {SEEDS}"
+    print(measured)
+    assert right >= 0.9, measured
 
 
 def test_inpainting_keeps_the_left_half_exactly_and_paints_a_blue_shape_in_the_right(shapes: Model, tmp_path: Path):
@@ -97,4 +100,5 @@ def test_inpainting_keeps_the_left_half_exactly_and_paints_a_blue_shape_in_the_r
     exact = sum(np.array_equal(image[:, :seam], original[:, :seam]) for image in images) / SEEDS
     blue = sum(judge(image[:, 32:]).colour == "blue" for image in images) / SEEDS
     measured = f"kept half exact in {exact:.0%}, a blue shape in the repainted half in {blue:.0%} of {SEEDS}"
+    print(measured)
     assert exact == 1.0 and blue >= 0.8, measured

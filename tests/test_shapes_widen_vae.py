@@ -14,8 +14,17 @@ from diffusers import AutoencoderKL
 
 from sdcli.errors import UsageError
 from sdcli.loading.references import builtin_root
-from sdcli.shapes.widen_vae import WidenConfig, reconstructions_judged_right, widen, world_and_new_scenes
-from sdcli.shapes.world import render
+from sdcli.shapes.widen_vae import (
+    DRAWN_CFG,
+    WidenConfig,
+    drawn_latents,
+    reconstructions_judged_right,
+    widen,
+    world_and_new_scenes,
+)
+from sdcli.shapes.world import full_captions, render
+
+FEW = {"drawn_seeds": 1, "drawn_steps": 1, "keep_drawn": 2}  # the base model's latents: one seed, one step each
 
 
 def test_a_batch_mixes_the_world_s_scenes_and_other_colours():
@@ -24,14 +33,31 @@ def test_a_batch_mixes_the_world_s_scenes_and_other_colours():
     assert x.min() >= -1 and x.max() <= 1
 
 
+def test_the_drawn_latents_are_those_the_loop_decodes():
+    model = builtin_root() / "shapes"
+    z = drawn_latents(model, seeds=1, steps=2)  # (N, 4, 16, 16)
+    assert z.shape == ((len(full_captions()) + 18) * len(DRAWN_CFG), 4, 16, 16)
+    from sdcli.engine import load_for, make_images
+    from sdcli.recipe import Request
+
+    caption = full_captions()[0][0]
+    request = Request.of(prompt=caption, seed=0, cfg=DRAWN_CFG[0], steps=2, model=str(model))
+    (made,) = make_images(load_for(request), request)
+    vae = AutoencoderKL.from_pretrained(model / "vae").eval()
+    with torch.no_grad():
+        decoded = vae.decode(z[:1]).sample  # (1, 3, 64, 64): the first caption at the first scale
+    pixels = ((decoded[0].clamp(-1, 1) + 1) * 127.5).permute(1, 2, 0).numpy()
+    assert np.abs(pixels - np.asarray(made.image, dtype=np.float64)).max() <= 1
+
+
 def test_widening_rewrites_the_vae_resumes_and_keeps_the_world_s_latents(tmp_path: Path):
     model = tmp_path / "shapes"
     shutil.copytree(builtin_root() / "shapes", model)
     (model / "vae" / "widened.json").unlink(missing_ok=True)  # as train-shapes leaves it
-    config = WidenConfig(steps=2, batch=2)
+    config = WidenConfig(steps=2, batch=2, **FEW)
     widen(model, tmp_path / "work", config)
     two = AutoencoderKL.from_pretrained(model / "vae")
-    widen(model, tmp_path / "work", WidenConfig(steps=3, batch=2))  # continues from step 2
+    widen(model, tmp_path / "work", WidenConfig(steps=3, batch=2, **FEW))  # continues from step 2
     three = AutoencoderKL.from_pretrained(model / "vae")
     original = AutoencoderKL.from_pretrained(builtin_root() / "shapes" / "vae")
     changed = [k for k, v in three.state_dict().items() if not torch.equal(v, original.state_dict()[k])]
@@ -51,11 +77,11 @@ def test_a_widened_vae_is_not_widened_again(tmp_path: Path):
     model = tmp_path / "shapes"
     shutil.copytree(builtin_root() / "shapes", model)
     (model / "vae" / "widened.json").unlink(missing_ok=True)
-    widen(model, tmp_path / "work", WidenConfig(steps=1, batch=2))
+    widen(model, tmp_path / "work", WidenConfig(steps=1, batch=2, **FEW))
     assert json.loads((model / "vae" / "widened.json").read_text())["steps"] == 1
     with pytest.raises(UsageError, match="is widened already"):
-        widen(model, tmp_path / "other", WidenConfig(steps=1, batch=2))
-    widen(model, tmp_path / "work", WidenConfig(steps=1, batch=2))  # at its last step: the same VAE again
+        widen(model, tmp_path / "other", WidenConfig(steps=1, batch=2, **FEW))
+    widen(model, tmp_path / "work", WidenConfig(steps=1, batch=2, **FEW))  # at its last step: the same VAE again
 
 
 def test_the_built_in_vae_gives_back_the_world_but_not_pink():

@@ -6,8 +6,9 @@ the shape decodes as pink (optimised for it, the best is 242, 129, 48), so no ch
 encoder (a LoRA) could make it draw pink. This fine-tunes the VAE on scenes of the world and of the colours LoRAs
 teach, half and half, with the world's scenes held to the original encoder's posterior (its mean and log-variance)
 and to the original decoder's pixels from latents around it (its mean plus noise, as a U-Net's samples stray from
-it), so that the U-Net, trained on those latents, draws what it drew, and the new colours move to latents of their
-own that the decoder learns to draw.
+it), and to the original decoder's pixels from the latents the model's own sampler ends at for the world's captions
+(made once, before training), so that the base model's images keep their pixels and the new colours move to latents
+of their own that the decoder learns to draw.
 
     python -m sdcli.shapes.widen_vae --model src/sdcli/models/shapes --work-dir runs/widen-vae
 """
@@ -19,6 +20,7 @@ import copy
 import json
 import math
 from dataclasses import asdict, dataclass, replace
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -30,21 +32,48 @@ from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from sdcli.errors import UsageError
 from sdcli.shapes.judge import judge
 from sdcli.shapes.train import checkpoint, log, noise_like, resume, sample_posterior, scenes_to_x
-from sdcli.shapes.world import LORA_COLOURS, random_scene
+from sdcli.shapes.world import COLOURS, LORA_COLOURS, SHAPES, full_captions, random_scene
 
 
 @dataclass(frozen=True)
 class WidenConfig:
     seed: int = 0
-    steps: int = 900
+    steps: int = 1500
     batch: int = 16
     lr: float = 4e-4
     new_share: float = 0.5  # the share of each batch in the colours LoRAs teach
     keep_weight: float = 10.0  # the world's scenes: squared distance to the original encoder's moments...
     keep_pixels_weight: float = 10.0  # ...and to the original decoder's pixels from them and from latents near them
     keep_spread: float = 0.3  # those latents: the means plus noise of a std drawn from [0, keep_spread) per scene
+    keep_drawn: int = 8  # per batch, latents the sampler drew (plus the same noise), held to the original's pixels
+    drawn_seeds: int = 2  # the latents drawn: each world caption at each scale of DRAWN_CFG, with this many seeds...
+    drawn_steps: int = 30  # ...and this many steps of the default sampler
     kl_weight: float = 1e-6
     checkpoint_every: int = 100
+
+
+DRAWN_CFG = (1.0, 4.0, 7.5, 15.0)
+
+
+def drawn_latents(model: Path, seeds: int, steps: int) -> torch.Tensor:
+    """(N, 4, 16, 16): the latents sdcli's loop gives the VAE to decode (before its post-quant conv) for every full
+    and short caption of the world at each guidance scale of DRAWN_CFG, seeds 0..seeds-1, the default sampler."""
+    from sdcli.engine import load_for, make_images
+    from sdcli.recipe import Request
+
+    loaded = load_for(Request.of(prompt="", model=str(model)))
+    drawn: list[torch.Tensor] = []
+    hook = loaded.vae.post_quant_conv.register_forward_pre_hook(lambda _, args: drawn.append(args[0].detach()))
+    prompts = [caption for caption, *_ in full_captions()] + [f"a {c} {s}" for c, s in product(COLOURS, SHAPES)]
+    try:
+        for prompt, cfg in product(prompts, DRAWN_CFG):
+            request = Request.of(prompt=prompt, seed=0, num_images=seeds, batch_size=seeds, cfg=cfg, steps=steps,
+                                 model=loaded.reference)  # fmt: skip
+            for _ in make_images(loaded, request):
+                pass
+    finally:
+        hook.remove()
+    return torch.cat(drawn).float()
 
 
 def world_and_new_scenes(rng: np.random.Generator, cfg: WidenConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,6 +97,11 @@ def widen(model: Path, work: Path, cfg: WidenConfig) -> None:
     if not before.exists():
         AutoencoderKL.from_pretrained(model / "vae").save_pretrained(before, safe_serialization=True)
     original = AutoencoderKL.from_pretrained(before).eval().requires_grad_(False)
+    pool = work / "drawn-latents.pt"  # made once: resumed runs hold to the same latents
+    if cfg.keep_drawn and not pool.exists():
+        log(f"drawing the base model's latents for the world's captions ({cfg.drawn_seeds} seeds)")
+        torch.save(drawn_latents(model, cfg.drawn_seeds, cfg.drawn_steps), pool)
+    drawn_z = torch.load(pool) if cfg.keep_drawn else None  # (N, 4, 16, 16)
     vae = copy.deepcopy(original).train().requires_grad_(True)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
     rng = np.random.default_rng(cfg.seed)
@@ -89,6 +123,12 @@ def widen(model: Path, work: Path, cfg: WidenConfig) -> None:
                 drawn = original.decode(near).sample  # (b, 3, 64, 64)
             keep = F.mse_loss(moments[own], kept)
             keep_pixels = F.mse_loss(vae.decode(near).sample, drawn)
+        if drawn_z is not None:  # latents the sampler drew for the world: the original decoder's pixels
+            picked = drawn_z[torch.randint(len(drawn_z), (cfg.keep_drawn,))]  # (k, 4, 16, 16)
+            z = picked + cfg.keep_spread * torch.rand(len(picked), 1, 1, 1) * noise_like(picked)
+            with torch.no_grad():
+                target = original.decode(z).sample  # (k, 3, 64, 64)
+            keep_pixels = keep_pixels + F.mse_loss(vae.decode(z).sample, target)
         loss = F.mse_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
         loss = loss + cfg.keep_weight * keep + cfg.keep_pixels_weight * keep_pixels
         opt.zero_grad(set_to_none=True)
