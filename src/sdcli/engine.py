@@ -38,7 +38,7 @@ from sdcli.loading.controlnet import check_controlnets, load_controlnets
 from sdcli.loading.devices import DTYPE_NAMES, memory_of, resolve_device, resolve_dtype
 from sdcli.loading.embeddings import embedding_files, read_embeddings
 from sdcli.loading.geometry import check_size
-from sdcli.loading.lora_names import chosen_loras, recorded_loras, union
+from sdcli.loading.lora_names import chosen_loras, union
 from sdcli.loading.loras import read_loras, set_lora_weights
 from sdcli.loading.references import resolve_model, resolve_vae
 from sdcli.modes.controlnet import IMAGE_OPTION as CONTROL_IMAGE_OPTION
@@ -290,7 +290,7 @@ def _record(model: Model, recipe: Recipe, width: int, height: int) -> ImageRecor
         "embeddings": tuple(str(embedding.path) for embedding in model.embeddings),  # the folder's files too
         "embeddings_sha256": tuple(embedding.sha256 for embedding in model.embeddings),
         "embedding_dir": None,
-        "loras": recorded_loras(recipe),  # its prompt tags' files too
+        "loras": tuple(chosen.recorded for chosen in loras),  # its prompt tags' files too
         "loras_sha256": tuple(sha256[chosen.path] for chosen in loras),
         "lora_dir": None,
         "classifier_scale": recipe.resolved_classifier_scale,
@@ -326,7 +326,11 @@ def make_batched(
     # 1. Check.
     width, height = check(model, recipes)
     settings = recipes[0]
-    control = prepare_control(model, settings, width, height)
+    control = prepare_control(model, settings, width, height)  # the ControlNets' images at each pass's size
+    hires_pixels, hires_control = None, None
+    if settings.hires is not None:
+        hires_pixels = hires_size(width, height, settings.hires.scale, model.latent_scale)
+        hires_control = prepare_control(model, settings, *hires_pixels)
     # 2b. The LoRAs loaded with the model, at this batch's weights.
     set_lora_weights(model, model.loras, lora_weights(model, settings))
     scheduler = build_scheduler(get_sampler(settings.sampler), model.scheduler_config, settings.schedule)
@@ -370,15 +374,13 @@ def make_batched(
         latents = denoise(guided_predictor(context), schedule, x_start, generators, on_first_step, after_step)
         evaluations = denoiser.evaluations
         if hires is not None:  # 5b. The hires fix: upscaled, denoised again, the ControlNets' images at its size.
-            size = hires_size(width, height, settings.hires.scale, model.latent_scale)
             hires_unet = unet_denoiser(model.unet)
-            if control is not None:
-                hires_control = prepare_control(model, settings, *size)
+            if hires_control is not None:
                 hires_unet = hires_control.denoiser(hires_unet, hires.timesteps, model.latent_channels)
             hires_denoiser = CountedDenoiser(hires_unet)
             on_hires_step = progress(batch_index, len(schedule.timesteps), calls)
             hires_context = replace(context, denoiser=hires_denoiser)
-            latents = hires_fix(model, hires, hires_context, latents, generators, size, on_hires_step)
+            latents = hires_fix(model, hires, hires_context, latents, generators, hires_pixels, on_hires_step)
             evaluations += hires_denoiser.evaluations
         # 6. Decode.
         pictures = to_pil(decode(model.vae, latents))

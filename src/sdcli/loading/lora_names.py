@@ -35,6 +35,11 @@ class Chosen:
     def name(self) -> str:
         return lora_name(str(self.path))
 
+    @property
+    def recorded(self) -> str:
+        """As an image's record lists it: `PATH:WEIGHT`."""
+        return f"{self.path}:{self.weight!r}"
+
 
 def lora_dirs(recipe: Recipe) -> list[Path]:
     """Where names are looked for, in order: --lora-dir, then the model's `loras/` (a built-in model's, a folder's)."""
@@ -83,7 +88,7 @@ def chosen_loras(recipe: Recipe) -> list[Chosen]:
 
 def recorded_loras(recipe: Recipe) -> tuple[str, ...]:
     """The recipe's LoRAs as an image's record lists them: `PATH:WEIGHT`, each file resolved, its tags' too."""
-    return tuple(f"{chosen.path}:{chosen.weight!r}" for chosen in chosen_loras(recipe))
+    return tuple(chosen.recorded for chosen in chosen_loras(recipe))
 
 
 def union(recipes: Sequence[Recipe]) -> list[Chosen]:

@@ -76,6 +76,12 @@ def drawn_latents(model: Path, seeds: int, steps: int) -> torch.Tensor:
     return torch.cat(drawn).float()
 
 
+def jittered(z: torch.Tensor, spread: float) -> torch.Tensor:
+    """Latents (n, 4, h, w) plus standard normal noise times a std drawn from [0, spread) per latent, as a U-Net's
+    samples stray from the latents it was trained on."""
+    return z + spread * torch.rand(len(z), 1, 1, 1) * noise_like(z)
+
+
 def world_and_new_scenes(rng: np.random.Generator, cfg: WidenConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """A batch (B, 3, 64, 64) in [-1, 1] and which of its scenes are the world's own (B,) bool: the rest in a colour
     a LoRA teaches."""
@@ -118,14 +124,13 @@ def widen(model: Path, work: Path, cfg: WidenConfig) -> None:
         if own.any():  # the world's scenes: the original encoder's moments, and its decoder's pixels from them
             with torch.no_grad():
                 kept = original.quant_conv(original.encoder(x[own]))  # (b, 8, 16, 16)
-                spread = cfg.keep_spread * torch.rand(len(kept), 1, 1, 1)  # (b, 1, 1, 1)
-                near = kept[:, :4] + spread * noise_like(kept[:, :4])  # (b, 4, 16, 16)
+                near = jittered(kept[:, :4], cfg.keep_spread)  # (b, 4, 16, 16)
                 drawn = original.decode(near).sample  # (b, 3, 64, 64)
             keep = F.mse_loss(moments[own], kept)
             keep_pixels = F.mse_loss(vae.decode(near).sample, drawn)
         if drawn_z is not None:  # latents the sampler drew for the world: the original decoder's pixels
             picked = drawn_z[torch.randint(len(drawn_z), (cfg.keep_drawn,))]  # (k, 4, 16, 16)
-            z = picked + cfg.keep_spread * torch.rand(len(picked), 1, 1, 1) * noise_like(picked)
+            z = jittered(picked, cfg.keep_spread)  # (k, 4, 16, 16)
             with torch.no_grad():
                 target = original.decode(z).sample  # (k, 3, 64, 64)
             keep_pixels = keep_pixels + F.mse_loss(vae.decode(z).sample, target)
